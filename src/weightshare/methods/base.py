@@ -1,0 +1,73 @@
+"""The Method protocol: how a compression method plugs into the one training loop.
+
+A method is a small object with hooks (DESIGN.md, "The methods"). The training
+loop in :mod:`weightshare.train` calls them; a user can call the same hooks from
+a loop of their own::
+
+    method = SoftWeightSharing(model, config)
+    opt = torch.optim.Adam([{"params": model.parameters(), "lr": 5e-4}, *method.parameters()])
+    for epoch in range(epochs):
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y) + method.penalty(model)
+            opt.zero_grad(); loss.backward(); opt.step()
+            method.after_step(model)
+        method.on_epoch_end(model, epoch)
+    qmodel = method.finalize(model)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..quantized import QuantizedModel
+
+__all__ = ["Method", "PlainTraining"]
+
+
+class Method:
+    """Base class: every hook does nothing, so ``Method()`` is plain training."""
+
+    name = "plain"
+
+    def parameters(self) -> list[dict[str, Any]]:
+        """Extra optimizer parameter groups (each a dict with ``params`` and ``lr``)."""
+        return []
+
+    def model_lr(self) -> float | None:
+        """Learning rate for the model's own parameters, if the method sets one."""
+        return None
+
+    def trainable(self, model: nn.Module) -> list[nn.Parameter]:
+        """The model parameters the optimizer should update (default: all)."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the mean task loss of each mini-batch, or None."""
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
+        """Projections / masks applied after each optimizer step."""
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        """Schedules (warm-ups, pruning or fixing rounds) at the end of an epoch."""
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Extra columns for metrics.csv at the end of an epoch."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and JSON-able values needed to resume (see train checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def finalize(self, model: nn.Module) -> QuantizedModel:
+        raise NotImplementedError(f"method {self.name!r} does not produce a QuantizedModel")
+
+
+class PlainTraining(Method):
+    """No penalty, no projection: pretraining."""
