@@ -17,14 +17,22 @@ Layout:
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["QuantizedModel", "QuantizedTensor"]
+from .bitstream import FormatError
+
+__all__ = ["QuantizedModel", "QuantizedTensor", "load_quantized", "save_quantized"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,21 @@ class QuantizedModel:
             raise KeyError(f"assignments for tensors not in the state dict: {sorted(missing)}")
         return cls(codebooks, quantized, dense, dict(meta or {}))
 
+    @classmethod
+    def from_trusted(
+        cls,
+        codebooks: list[torch.Tensor],
+        quantized: dict[str, QuantizedTensor],
+        dense: dict[str, torch.Tensor],
+        meta: dict[str, object],
+    ) -> QuantizedModel:
+        """Build without re-validating, for a decoder that already guarantees every invariant
+        (1-D float32 codebooks with entry 0 = +0.0 and finite values, int64 indices in range,
+        float32 dense tensors, disjoint names). Skips the O(#weights) checks of ``__init__``."""
+        obj = cls.__new__(cls)
+        obj.codebooks, obj.quantized, obj.dense, obj.meta = codebooks, quantized, dense, meta
+        return obj
+
     # --- views ----------------------------------------------------------
     def dequantize(self, name: str) -> torch.Tensor:
         qt = self.quantized[name]
@@ -133,7 +156,9 @@ class QuantizedModel:
         state = self.to_state_dict()
         for name, tensor in state.items():
             if name in own and tuple(own[name].shape) != tuple(tensor.shape):
-                raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not match the model's {tuple(own[name].shape)}")
+                raise ValueError(
+                    f"{name}: shape {tuple(tensor.shape)} does not match the model's {tuple(own[name].shape)}"
+                )
         # Buffers that are not parameters (e.g. BatchNorm's num_batches_tracked) stay as they are.
         for name, tensor in own.items():
             if name not in state and not tensor.dtype.is_floating_point:
@@ -173,3 +198,87 @@ class QuantizedModel:
             }
             for name, qt in self.quantized.items()
         ]
+
+
+# --- quantized checkpoint (safetensors + JSON metadata, never pickle) ---------
+CHECKPOINT_FORMAT = "weightshare.quantized"
+CHECKPOINT_VERSION = 1
+
+
+def _index_dtype(size: int) -> torch.dtype:
+    """The smallest integer type that holds every index of a codebook of ``size`` entries."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if size - 1 <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
+def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> None:
+    """Save a :class:`QuantizedModel` as a safetensors "quantized checkpoint" (written atomically).
+
+    Tensor keys are ``codebook.<i>``, ``q.<name>`` (indices, smallest integer type) and
+    ``d.<name>``; the metadata holds the tensor order, codebook references and ``meta`` as JSON.
+    """
+    tensors = {f"codebook.{i}": cb.contiguous() for i, cb in enumerate(qmodel.codebooks)}
+    for name, qt in qmodel.quantized.items():
+        dtype = _index_dtype(qmodel.codebooks[qt.codebook].numel())
+        tensors[f"q.{name}"] = qt.indices.detach().cpu().to(dtype).contiguous()
+    tensors |= {f"d.{name}": t.contiguous() for name, t in qmodel.dense.items()}
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "version": str(CHECKPOINT_VERSION),
+        "codebooks": str(len(qmodel.codebooks)),
+        "quantized": json.dumps([[name, qt.codebook] for name, qt in qmodel.quantized.items()]),
+        "dense": json.dumps(list(qmodel.dense)),
+        "meta": json.dumps(qmodel.meta, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)),
+    }
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _checkpoint_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"{path}: not a safetensors file: {exc}") from exc
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise FormatError(f"{path}: not a weightshare quantized checkpoint (format {metadata.get('format')!r})")
+    if metadata.get("version") != str(CHECKPOINT_VERSION):
+        raise FormatError(f"{path}: checkpoint version {metadata.get('version')!r}, expected {CHECKPOINT_VERSION}")
+    return metadata
+
+
+def load_quantized(path: str | os.PathLike) -> QuantizedModel:
+    """Load a checkpoint written by :func:`save_quantized` (indices come back as int64).
+
+    >>> import tempfile, os
+    >>> q = QuantizedModel([torch.tensor([0.0, 0.5])], {"w": QuantizedTensor(torch.tensor([1, 0]))}, meta={"m": 1})
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     save_quantized(q, os.path.join(d, "q.safetensors"))
+    ...     back = load_quantized(os.path.join(d, "q.safetensors"))
+    >>> back.quantized["w"].indices, back.meta
+    (tensor([1, 0]), {'m': 1})
+    """
+    path = Path(path)
+    metadata = _checkpoint_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"{path}: unreadable safetensors data: {exc}") from exc
+    try:
+        n_codebooks = int(metadata["codebooks"])
+        order = json.loads(metadata["quantized"])
+        codebooks = [tensors[f"codebook.{i}"] for i in range(n_codebooks)]
+        quantized = {name: QuantizedTensor(tensors[f"q.{name}"].to(torch.int64), int(cb)) for name, cb in order}
+        dense = {name: tensors[f"d.{name}"] for name in json.loads(metadata["dense"])}
+        return QuantizedModel(codebooks, quantized, dense, json.loads(metadata["meta"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: inconsistent quantized checkpoint: {exc}") from exc

@@ -1,0 +1,62 @@
+"""``weightshare demo``: the whole pipeline on the built-in 8×8 digits, in about a minute.
+
+pretrain the digits MLP -> soft weight-sharing -> QuantizedModel -> model.wsz ->
+decode -> evaluate -> report -> figures. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import DataConfig, TrainConfig, apply_overrides
+from .data import load_data
+from .methods.sws import SWS_PRESETS, SWSConfig
+from .pipeline import pretrain
+from .presets import PRETRAIN_PRESETS
+from .report import format_summary
+
+__all__ = ["run_demo"]
+
+
+def _fresh_dir(base: str | os.PathLike) -> Path:
+    """``base``, or ``base-2``, ``base-3``... so an earlier demo is never overwritten."""
+    path, n = Path(base), 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", progress: bool = True) -> dict:
+    """Run the demo into a fresh directory; returns the compression report."""
+    from .compress import compress
+
+    root = _fresh_dir(out)
+    preset = PRETRAIN_PRESETS["digits"]
+    data_cfg = apply_overrides(DataConfig(), preset["data"])
+    train_cfg = apply_overrides(TrainConfig(), preset["train"])
+    data = load_data(data_cfg)
+    print(f"[1/3] pretraining the digits MLP ({train_cfg.epochs} epochs) -> {root / 'pretrain'}")
+    pretrain(data_cfg, train_cfg, root / "pretrain", progress=progress, data=data)
+    sws = SWS_PRESETS["digits"]
+    sws_train = apply_overrides(TrainConfig(model="mlp"), sws["train"])
+    print(f"[2/3] soft weight-sharing retraining ({sws_train.epochs} epochs) -> {root / 'sws'}")
+    report = compress(
+        "sws", root / "pretrain", root / "sws", train_cfg=sws_train,
+        method_cfg=apply_overrides(SWSConfig(), sws["sws"]), data_cfg=data_cfg, progress=progress,
+        record_frames=True, data=data,
+    )
+    print(format_summary(report))
+    _figures(root / "sws")
+    return report
+
+
+def _figures(run_dir: Path) -> None:
+    try:
+        from .plots import plot_run
+    except ImportError as exc:  # matplotlib is the optional 'plots' extra
+        print(f"[3/3] figures skipped: {exc} (pip install 'weightshare[plots]')")
+        return
+    written = plot_run(run_dir)
+    print(f"[3/3] figures written to {run_dir / 'figures'}: {', '.join(p.name for p in written)}")

@@ -1,0 +1,39 @@
+"""Compression methods, in a registry by name (``--method``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .base import Method, PlainTraining
+from .sws import SWS_PRESETS, SoftWeightSharing, SWSConfig
+
+__all__ = ["Method", "PlainTraining", "SoftWeightSharing", "SWSConfig", "MethodSpec", "METHODS", "get_method"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How the pipeline builds a method: its config class (= TOML section), factory and presets."""
+
+    name: str
+    config_class: type
+    presets: dict[str, dict[str, dict[str, Any]]]
+    factory: Any  # (model, config, n_train) -> Method
+    description: str
+
+
+METHODS: dict[str, MethodSpec] = {
+    "sws": MethodSpec("sws", SWSConfig, SWS_PRESETS, SoftWeightSharing, "soft weight-sharing (Ullrich et al. 2017)"),
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(name: str, model: nn.Module, config: Any, n_train: int) -> Method:
+    return get_method(name).factory(model, config, n_train)
