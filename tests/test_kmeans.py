@@ -141,6 +141,7 @@ def test_tol_and_max_iter_stop_early() -> None:
     assert kmeans1d(x, 8, init="forgy", tol=1e9).n_iter == 1
 
 
+@pytest.mark.slow
 def test_big_input_in_chunks() -> None:
     x = torch.randn(5_000_000, generator=torch.Generator().manual_seed(0))
     r = kmeans1d(x, 16, max_iter=5, chunk_size=1 << 18)

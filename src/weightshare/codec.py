@@ -56,7 +56,8 @@ def _float_bytes(values: np.ndarray, float16: bool, what: str) -> bytes:
     values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
     if not float16:
         return values.astype("<f4").tobytes()
-    half = values.astype("<f2")
+    with np.errstate(over="ignore"):  # overflow is detected (and refused) just below
+        half = values.astype("<f2")
     if (np.isfinite(values) & ~np.isfinite(half)).any():
         raise ValueError(f"{what}: values beyond the float16 range (|x| > 65504); save without float16")
     return half.tobytes()

@@ -122,11 +122,9 @@ def _init_kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator, chunk_size: in
         if total <= 0.0:  # every value already coincides with a centre: repeat the last one
             centres.append(centres[-1])
             continue
-        u = float(torch.rand((), generator=gen, dtype=torch.float64)) * total
-        pick = int(
-            torch.clamp(torch.searchsorted(cum, torch.tensor([u], dtype=torch.float64), right=True), max=x.numel() - 1)
-        )
-        centres.append(xd[pick])
+        u = torch.rand(1, generator=gen, dtype=torch.float64) * total
+        pick = torch.searchsorted(cum, u, right=True).clamp(max=x.numel() - 1)  # P(i) = d2[i] / total
+        centres.append(xd[int(pick)])
         for start in range(0, x.numel(), chunk_size):
             sl = slice(start, start + chunk_size)
             torch.minimum(d2[sl], (xd[sl] - centres[-1]) ** 2, out=d2[sl])

@@ -290,3 +290,99 @@ class MixturePrior(nn.Module):
         else:
             raise ValueError(f"mode must be 'fast' or 'naive', got {mode!r}")
         return nll + self.hyperprior_loss().to(nll.dtype)
+
+    # --- post-processing (paper Sec. 4.3, Algorithm 1) --------------------
+    @torch.no_grad()
+    def mixture(self) -> MergedMixture:
+        """The current mixture as float64 (means, variances, pis), component 0 first."""
+        means = self.all_means().double()
+        means[0] = 0.0
+        return MergedMixture(means, (-self.log_precisions.double()).exp(), self.log_pis().double().exp())
+
+    def merged(self, kl_threshold: float = 1e-10) -> MergedMixture:
+        """The mixture after merging components closer than ``kl_threshold`` (symmetric KL)."""
+        return merge_mixture(self.mixture(), kl_threshold)
+
+    @torch.no_grad()
+    def responsibilities(self, weight: torch.Tensor) -> torch.Tensor:
+        """r_ik = pi_k N(w_i | mu_k) / sum_j pi_j N(w_i | mu_j), shape (numel, J), float64."""
+        mix = self.mixture()
+        w = weight.detach().reshape(-1, 1).double()
+        logits = mix.pis.log() - 0.5 * mix.variances.log() - 0.5 * (w - mix.means).square() / mix.variances
+        return torch.softmax(logits, dim=1)
+
+    def assign(
+        self, weights: Sequence[torch.Tensor], rule: str = "map", mixture: MergedMixture | None = None
+    ) -> list[torch.Tensor]:
+        """Component index of every weight, one LongTensor per tensor (see :func:`assign_components`)."""
+        mix = mixture if mixture is not None else self.mixture()
+        return [assign_components(w, mix, rule) for w in weights]
+
+    @torch.no_grad()
+    def quantize(
+        self,
+        model: nn.Module,
+        *,
+        rule: str = "map",
+        kl_threshold: float = 1e-10,
+        names: Sequence[str] | None = None,
+    ) -> QuantizedModel:
+        """Merge, assign every covered weight to a component and build ONE global codebook.
+
+        Codebook entry 0 is 0.0 (component 0: those weights become exactly zero); then the
+        merged non-zero means that are actually used, in increasing order. Tensors not covered
+        stay dense.
+        """
+        names = list(names) if names is not None else self.names
+        if not names:
+            raise ValueError("quantize needs the covered tensor names: build with from_model or pass names=")
+        state = model.state_dict()
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise KeyError(f"tensors not in the model: {missing}")
+        mix = self.merged(kl_threshold)
+        comps = {n: assign_components(state[n], mix, rule) for n in names}
+        used = torch.unique(torch.cat([c.reshape(-1) for c in comps.values()]))
+        used = used[used != 0]
+        used = used[torch.argsort(mix.means[used])]
+        lut = torch.zeros(len(mix), dtype=torch.int64)
+        lut[used] = torch.arange(1, used.numel() + 1)
+        codebook = torch.cat([torch.zeros(1, dtype=torch.float64), mix.means[used]]).float()
+        assignments = {n: lut[c] for n, c in comps.items()}
+        meta = {"method": "sws", "rule": rule, "kl_threshold": kl_threshold, "merged_components": len(mix)}
+        return QuantizedModel.from_assignments(state, assignments, [codebook], meta=meta)
+
+    # --- serialisation ---------------------------------------------------------
+    @torch.no_grad()
+    def to_json(self) -> dict[str, Any]:
+        """Plain lists (component 0 first) plus the config and covered names."""
+        return {
+            "means": self.all_means().tolist(),
+            "sigmas": self.sigmas().tolist(),
+            "precisions": self.precisions().tolist(),
+            "pis": self.pis().tolist(),
+            "names": self.names,
+            "config": asdict(self.config),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MixturePrior:
+        """Rebuild a prior saved with :meth:`to_json`.
+
+        >>> p = MixturePrior.from_weights([torch.randn(50)], num_components=4, learn_pi0=True)
+        >>> q = MixturePrior.from_json(p.to_json())
+        >>> torch.allclose(q.pis(), p.pis()) and torch.allclose(q.all_means(), p.all_means())
+        True
+        """
+        known = {f.name for f in fields(MixtureConfig)}
+        config = MixtureConfig(**{k: v for k, v in data.get("config", {}).items() if k in known})
+        config.num_components = len(data["means"])
+        prior = cls([], replace(config, init_means="fixed"), names=data.get("names"))
+        prior.config = config
+        with torch.no_grad():
+            pis = torch.tensor(data["pis"], dtype=torch.float64)
+            prior.means.copy_(torch.tensor(data["means"][1:]))
+            prior.log_precisions.copy_(torch.tensor(data["precisions"]).log())
+            prior.mixing_logits.copy_(pis[1:].log() - pis[1:].log().mean())
+            prior.pi0_logit.copy_(pis[0].log() - torch.log1p(-pis[0]))
+        return prior

@@ -1,0 +1,121 @@
+"""Fuzz the .wsz decoder: mutated and truncated files must raise FormatError or decode, nothing else.
+
+    python benchmarks/fuzz_codec.py --iterations 100000 --out fuzz.json
+
+Most mutations get a recomputed CRC so they reach the parser and the ANS decoder
+rather than stopping at the checksum. Each case runs ``decode`` and ``inspect``;
+the slowest case and the peak memory are recorded to catch hangs and blow-ups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import struct
+import time
+import traceback
+import zlib
+from collections import Counter
+
+import numpy as np
+import torch
+
+from weightshare.codec import FormatError, decode, encode, inspect
+from weightshare.quantized import QuantizedModel, QuantizedTensor
+
+
+def seed_files() -> list[bytes]:
+    """Small files covering every layout: dense, sparse with raw gap bits, float16, several codebooks."""
+    g = torch.Generator().manual_seed(0)
+    sparse = torch.zeros(40, 300, dtype=torch.int64)
+    sparse[::3, ::37] = torch.randint(1, 9, (14, 9), generator=g)
+    sparse[39, 299] = 3  # a long final gap: raw bits
+    dense = torch.randint(0, 5, (16, 25), generator=g)
+    cbs = [torch.tensor([0.0, 0.1, -0.1, 0.2, -0.2]), torch.linspace(0, 1, 9)]
+    q = QuantizedModel(cbs, {"fc1.weight": QuantizedTensor(sparse, 1), "fc2.weight": QuantizedTensor(dense, 0)},
+                       {"fc1.bias": torch.randn(40, generator=g)}, {"method": "dc", "model": "toy"})  # fmt: skip
+    single = QuantizedModel([torch.tensor([0.0, 1.0])], {"w": QuantizedTensor(torch.tensor([[0, 1], [1, 1]]))})
+    zeros = QuantizedModel([torch.tensor([0.0])], {"z": QuantizedTensor(torch.zeros(1000, dtype=torch.int64))})
+    return [encode(q), encode(q, float16=True), encode(single), encode(zeros)]
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """Flip bits, overwrite, truncate, insert, delete or duplicate a span; usually re-seal the CRC."""
+    b = bytearray(data)
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        if not b:
+            break
+        i, op = rng.randrange(len(b)), rng.randrange(6)
+        if op == 0:
+            b[i] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            b[i] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)])
+        elif op == 2:
+            del b[i:]
+        elif op == 3:
+            b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 5)))
+        elif op == 4:
+            del b[i : i + rng.randrange(1, 5)]
+        else:
+            b[i:i] = b[i : i + rng.randrange(1, 9)]
+    if rng.random() < 0.85 and len(b) >= 10:
+        b[6:10] = struct.pack("<I", zlib.crc32(bytes(b[10:])))
+    return bytes(b)
+
+
+def fuzz(iterations: int, seed: int) -> dict[str, object]:
+    rng = random.Random(seed)
+    seeds = seed_files()
+    counts: Counter[str] = Counter()
+    others: list[str] = []
+    slowest = 0.0
+    start = time.perf_counter()
+    for i in range(iterations):
+        data = mutate(seeds[i % len(seeds)], rng)
+        t0 = time.perf_counter()
+        try:
+            decode(data)
+            inspect(data)
+            counts["ok"] += 1
+        except FormatError:
+            counts["FormatError"] += 1
+        except Exception:  # anything else is a bug: record it with the input that caused it
+            counts["other"] += 1
+            if len(others) < 20:
+                others.append(f"{data.hex()}\n{traceback.format_exc()}")
+        slowest = max(slowest, time.perf_counter() - t0)
+    return {
+        "iterations": iterations,
+        "seed": seed,
+        "counts": {k: counts[k] for k in ("ok", "FormatError", "other")},
+        "seconds": time.perf_counter() - start,
+        "slowest_case_s": slowest,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "others": others,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iterations", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="write the counts as JSON here")
+    args = ap.parse_args(argv)
+    np.seterr(all="raise")  # a numpy warning on corrupt data should surface as an 'other', not pass silently
+    result = fuzz(args.iterations, args.seed)
+    c = result["counts"]
+    print(f"{args.iterations} cases in {result['seconds']:.1f} s: ok {c['ok']}, FormatError {c['FormatError']}, "
+          f"other {c['other']}; slowest case {1e3 * result['slowest_case_s']:.1f} ms, "
+          f"peak RSS {result['peak_rss_mib']:.0f} MiB")  # fmt: skip
+    for report in result["others"][:3]:
+        print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

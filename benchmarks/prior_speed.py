@@ -1,0 +1,175 @@
+"""Cost of the soft weight-sharing prior: step-time ratio and extra peak memory.
+
+Speed: for LeNet-300-100 and LeNet-5-Caffe at batch 128 on random MNIST-shaped input, the time
+of one SWS training step (forward, CE + tau/N * complexity_loss, backward, Adam step over the
+four parameter groups of REFERENCES.md Part I 0.3 item 6) divided by the time of a plain step
+(forward, CE, backward, Adam). The plain, fast-SWS and naive-SWS steps are interleaved, so
+machine noise hits all three alike; the figures are medians after warm-up.
+
+Memory: for N weights and K components, a fresh subprocess allocates the weight tensor and its
+gradient, records its resident set size, runs forward + backward of the complexity loss once and
+reads the peak RSS (``ru_maxrss``). (peak - baseline) / N is the prior's extra peak memory in
+bytes per weight. tracemalloc cannot see torch's allocations, hence RSS.
+
+    .venv/bin/python benchmarks/prior_speed.py --steps 200 --warmup 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightshare.mixture import MixturePrior
+
+
+def _local_model(name: str) -> nn.Module:
+    if name == "lenet300":
+        return nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    # LeNet-5-Caffe: no ReLU after the convolutions (Caffe's prototxt).
+    return nn.Sequential(
+        nn.Conv2d(1, 20, 5),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(800, 500),
+        nn.ReLU(),
+        nn.Linear(500, 10),
+    )
+
+
+def build(name: str) -> nn.Module:
+    """``weightshare.models.build_model`` when it exists, else the local definition."""
+    try:
+        from weightshare.models import build_model
+
+        return build_model(name)
+    except (ImportError, AttributeError, KeyError, ValueError):
+        return _local_model(name)
+
+
+class Trainer:
+    """One model + optimizer; ``step`` runs a full training step and returns its seconds."""
+
+    def __init__(self, name: str, kernel: str | None, tau: float = 0.005, n_train: int = 60000) -> None:
+        torch.manual_seed(0)
+        self.model = build(name)
+        self.kernel, self.scale = kernel, tau / n_train
+        groups: list[dict] = [{"params": list(self.model.parameters()), "lr": 5e-4}]
+        if kernel is not None:
+            self.prior = MixturePrior.from_model(self.model, kernel=kernel)
+            self.weights = [p for n, p in self.model.named_parameters() if n in self.prior.names]
+            groups += [
+                {"params": [self.prior.means], "lr": 1e-4},
+                {"params": [self.prior.log_precisions], "lr": 3e-3},
+                {"params": [self.prior.mixing_logits], "lr": 3e-3},
+            ]
+        self.opt = torch.optim.Adam(groups)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        start = time.perf_counter()
+        loss = F.cross_entropy(self.model(x), y)
+        if self.kernel is not None:
+            loss = loss + self.scale * self.prior.complexity_loss(self.weights)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return time.perf_counter() - start
+
+
+def speed(name: str, steps: int, warmup: int) -> dict[str, float]:
+    x = torch.rand(128, 784) if name == "lenet300" else torch.rand(128, 1, 28, 28)
+    y = torch.randint(0, 10, (128,))
+    runs = {"plain": Trainer(name, None), "fast": Trainer(name, "fast"), "naive": Trainer(name, "naive")}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for i in range(warmup + steps):
+        for key in ("plain", "fast", "plain", "naive") if i % 2 else ("fast", "plain", "naive", "plain"):
+            t = runs[key].step(x, y)
+            if i >= warmup:
+                times[key].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    weights = sum(w.numel() for w in runs["fast"].weights)
+    return {
+        "weights": weights,
+        "plain_ms": 1e3 * med["plain"],
+        "sws_fast_ms": 1e3 * med["fast"],
+        "sws_naive_ms": 1e3 * med["naive"],
+        "ratio_fast": med["fast"] / med["plain"],
+        "ratio_naive": med["naive"] / med["plain"],
+    }
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def memory_case(n: int, k: int, kernel: str) -> float:
+    """Run in a fresh process: extra peak bytes per weight of one fwd+bwd of the complexity loss."""
+    small = torch.randn(4096, requires_grad=True)  # warm-up: load kernels/libraries before the baseline
+    MixturePrior.from_weights([small], num_components=k, kernel=kernel).complexity_loss([small]).backward()
+    w = torch.randn(n) * 0.1
+    w.requires_grad_(True)
+    w.grad = torch.zeros_like(w)
+    prior = MixturePrior.from_weights([w], num_components=k, kernel=kernel)
+    base = _rss_bytes()
+    prior.complexity_loss([w]).backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(peak - base, 0) / n
+
+
+def memory(n: int, k: int, kernel: str = "fast") -> float:
+    cmd = [sys.executable, __file__, "--memory-case", str(n), str(k), kernel]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/prior_speed.json"))
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 5_000_000, 25_000_000])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--memory-case", nargs=3, metavar=("N", "K", "KERNEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_case:
+        n, k, kernel = args.memory_case
+        print(memory_case(int(n), int(k), kernel))
+        return
+    result: dict[str, object] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    print(f"{'net':<10}{'weights':>9}{'plain ms':>10}{'fast ms':>9}{'naive ms':>10}{'fast x':>8}{'naive x':>9}")
+    for name in ("lenet300", "lenet5"):
+        row = speed(name, args.steps, args.warmup)
+        result[name] = row
+        print(
+            f"{name:<10}{row['weights']:>9}{row['plain_ms']:>10.2f}{row['sws_fast_ms']:>9.2f}"
+            f"{row['sws_naive_ms']:>10.2f}{row['ratio_fast']:>8.2f}{row['ratio_naive']:>9.2f}"
+        )
+    mem = []
+    print(f"\n{'N':>11}{'K':>4}  extra peak bytes/weight (fast kernel)")
+    for n in args.sizes:
+        for k in (17, 64):
+            value = memory(n, k)
+            mem.append({"n": n, "k": k, "bytes_per_weight": value})
+            print(f"{n:>11}{k:>4}  {value:.1f}")
+    result["memory"] = mem
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
