@@ -8,7 +8,7 @@ machine noise hits all three alike; the figures are medians after warm-up.
 
 Memory: for N weights and K components, a fresh subprocess allocates the weight tensor and its
 gradient, records its resident set size, runs forward + backward of the complexity loss once and
-reads the peak RSS (``ru_maxrss``). (peak - baseline) / N is the prior's extra peak memory in
+reads the peak RSS (VmHWM, reset just before). (peak - baseline) / N is the prior's extra peak memory in
 bytes per weight. tracemalloc cannot see torch's allocations, hence RSS.
 
     .venv/bin/python benchmarks/prior_speed.py --steps 200 --warmup 30
@@ -114,6 +114,21 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _reset_peak() -> None:
+    # ru_maxrss is inherited from the parent across fork/exec, so reset the kernel's high-water
+    # mark (VmHWM) instead (Linux >= 4.0: writing 5 to clear_refs).
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def memory_case(n: int, k: int, kernel: str) -> float:
     """Run in a fresh process: extra peak bytes per weight of one fwd+bwd of the complexity loss."""
     small = torch.randn(4096, requires_grad=True)  # warm-up: load kernels/libraries before the baseline
@@ -123,13 +138,14 @@ def memory_case(n: int, k: int, kernel: str) -> float:
     w.grad = torch.zeros_like(w)
     prior = MixturePrior.from_weights([w], num_components=k, kernel=kernel)
     base = _rss_bytes()
+    _reset_peak()
     prior.complexity_loss([w]).backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss_bytes()
     return max(peak - base, 0) / n
 
 
 def memory(n: int, k: int, kernel: str = "fast") -> float:
-    cmd = [sys.executable, __file__, "--memory-case", str(n), str(k), kernel]
+    cmd = [sys.executable, __file__, "--threads", str(torch.get_num_threads()), "--memory-case", str(n), str(k), kernel]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 

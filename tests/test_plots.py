@@ -19,20 +19,43 @@ from weightshare import plots  # noqa: E402
 from weightshare.plots_style import DPI, FIGSIZES  # noqa: E402
 
 LAYERS = {"net.0.weight": (16, 64), "net.2.weight": (10, 16)}  # the digits MLP 64-16-10
-FINAL = {"means": [0.0, -0.45, -0.18, 0.2, 0.5], "sigmas": [0.01, 0.04, 0.03, 0.03, 0.05],
-         "pis": [0.6, 0.08, 0.12, 0.12, 0.08]}
-START = {"means": [0.0, -0.6, -0.3, 0.3, 0.6], "sigmas": [0.05, 0.1, 0.1, 0.1, 0.1],
-         "pis": [0.4, 0.15, 0.15, 0.15, 0.15]}
+FINAL = {
+    "means": [0.0, -0.45, -0.18, 0.2, 0.5],
+    "sigmas": [0.01, 0.04, 0.03, 0.03, 0.05],
+    "pis": [0.6, 0.05, 0.14, 0.12, 0.09],
+}
+START = {"means": [0.0, -0.6, -0.3, 0.3, 0.6], "sigmas": [0.05, 0.1, 0.1, 0.1, 0.1], "pis": [0.4, 0.1, 0.2, 0.18, 0.12]}
 EPOCHS = 4
 
 
 def _metrics(sws: bool) -> list[dict]:
-    rows = [{"phase": "pretrain", "epoch": e, "lr": 1e-3, "loss": 2.0 / e, "task_loss": 2.0 / e, "penalty": "",
-             "val_error": 40.0 / e**1.5, "test_error": 42.0 / e**1.5, "seconds": 0.1} for e in range(1, 6)]
+    rows = [
+        {
+            "phase": "pretrain",
+            "epoch": e,
+            "lr": 1e-3,
+            "loss": 2.0 / e,
+            "task_loss": 2.0 / e,
+            "penalty": "",
+            "val_error": 40.0 / e**1.5,
+            "test_error": 42.0 / e**1.5,
+            "seconds": 0.1,
+        }
+        for e in range(1, 6)
+    ]
     for e in range(1, EPOCHS + 1):
-        row = {"phase": "retrain", "epoch": e, "lr": 5e-4, "loss": 0.3 + 0.02 * e, "task_loss": 0.25 + 0.01 * e,
-               "penalty": 0.05 - 0.01 * e, "val_error": 4.0 + 0.3 * e, "test_error": 4.2 + 0.3 * e,
-               "sparsity": 0.1 + 0.05 * e, "seconds": 0.2}
+        row = {
+            "phase": "retrain",
+            "epoch": e,
+            "lr": 5e-4,
+            "loss": 0.3 + 0.02 * e,
+            "task_loss": 0.25 + 0.01 * e,
+            "penalty": 0.05 - 0.01 * e,
+            "val_error": 4.0 + 0.3 * e,
+            "test_error": 4.2 + 0.3 * e,
+            "sparsity": 0.1 + 0.05 * e,
+            "seconds": 0.2,
+        }
         if sws:
             row |= {"tau": 5e-3, "complexity_loss": 4000.0 - 1500.0 * e, "components": 5}
         rows.append(row)
@@ -66,29 +89,57 @@ def _quantized(final: dict, comps: dict, method: str) -> QuantizedModel:
         quantized = {n: QuantizedTensor(c) for n, c in comps.items()}
     else:  # Deep Compression: one codebook per layer
         codebooks = [torch.tensor([0.0, -0.4, -0.2, 0.2, 0.4]), torch.tensor([0.0, -0.5, 0.5])]
-        quantized = {n: QuantizedTensor(c.clamp(max=codebooks[i].numel() - 1), i) for i, (n, c) in
-                     enumerate(comps.items())}
+        quantized = {
+            n: QuantizedTensor(c.clamp(max=codebooks[i].numel() - 1), i) for i, (n, c) in enumerate(comps.items())
+        }
     return QuantizedModel(codebooks, quantized, dense, {"method": method, "model": "mlp"})
 
 
 def _report(method: str, comps: dict, test_error: float, cr: float) -> dict:
-    layers = [{"name": n, "shape": list(c.shape), "numel": c.numel(), "nnz": int((c != 0).sum()),
-               "kept_fraction": float((c != 0).float().mean()), "unique": 5, "file_bytes": 100,
-               "bits_per_weight": 1.5 + i} for i, (n, c) in enumerate(comps.items())]
-    return {"method": method, "model": "mlp", "dataset": "digits",
-            "errors": {"pretrained": {"val_error": 3.0, "test_error": 3.5},
-                       "decoded": {"val_error": test_error - 0.2, "test_error": test_error}},
-            "file": {"bytes": 900, "cr_all": cr, "cr_weights": cr * 1.2}, "paper_style": {"cr": cr * 1.5},
-            "layers": layers}
+    layers = [
+        {
+            "name": n,
+            "shape": list(c.shape),
+            "numel": c.numel(),
+            "nnz": int((c != 0).sum()),
+            "kept_fraction": float((c != 0).float().mean()),
+            "unique": 5,
+            "file_bytes": 100,
+            "bits_per_weight": 1.5 + i,
+        }
+        for i, (n, c) in enumerate(comps.items())
+    ]
+    return {
+        "method": method,
+        "model": "mlp",
+        "dataset": "digits",
+        "errors": {
+            "pretrained": {"val_error": 3.0, "test_error": 3.5},
+            "decoded": {"val_error": test_error - 0.2, "test_error": test_error},
+        },
+        "file": {"bytes": 900, "cr_all": cr, "cr_weights": cr * 1.2},
+        "paper_style": {"cr": cr * 1.5},
+        "layers": layers,
+    }
 
 
-def make_digits_run(path: Path, method: str = "sws", test_error: float = 4.5, cr: float = 20.0,
-                    frames: bool = True) -> Path:
+def make_digits_run(
+    path: Path, method: str = "sws", test_error: float = 4.5, cr: float = 20.0, frames: bool = True
+) -> Path:
     """A realistic compression run of the digits MLP 64-16-10, written the way compress() writes one."""
     gen = torch.Generator().manual_seed(7)
     init, final, comps = _weights(gen)
-    run = RunDir.create(path, {"command": "compress", "method": method, "source": "runs/pre",
-                               "data": {"dataset": "digits"}, "train": {"model": "mlp"}, method: {}})
+    run = RunDir.create(
+        path,
+        {
+            "command": "compress",
+            "method": method,
+            "source": "runs/pre",
+            "data": {"dataset": "digits"},
+            "train": {"model": "mlp"},
+            method: {},
+        },
+    )
     run.write_metrics(_metrics(method == "sws"))
     save_tensors(run.file("model_init.safetensors"), init)
     save_tensors(run.file("model_final.safetensors"), final)
@@ -161,6 +212,7 @@ def test_deep_compression_run_skips_the_mixture_figures(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mixture: skipped" in out and "dynamics: skipped" in out
     assert plots.plot_run(run, ["dynamics"]) == []
+    assert plots.plot_run(run, ["scatter"], sample=300)[0].name == "scatter.png"
     assert "dynamics: skipped (no mixture records" in capsys.readouterr().out
 
 
@@ -171,8 +223,12 @@ def test_unknown_kind_names_the_allowed_ones(sws_run):
 
 @pytest.mark.parametrize(
     "content, match",
-    [(None, "metrics.csv does not exist"), ("phase,epoch,loss\npretrain,1,oops\n", "metrics.csv is corrupt: line 2"),
-     ("garbage without a header", "metrics.csv is corrupt"), (b"\xff\xfe\x00\x81", "metrics.csv is not a readable")],
+    [
+        (None, "metrics.csv does not exist"),
+        ("phase,epoch,loss\npretrain,1,oops\n", "metrics.csv is corrupt: line 2"),
+        ("garbage without a header", "metrics.csv is corrupt"),
+        (b"\xff\xfe\x00\x81", "metrics.csv is not a readable"),
+    ],
 )
 def test_broken_metrics_are_named(tmp_path, content, match):
     run = make_digits_run(tmp_path / "broken", frames=False)
@@ -187,9 +243,14 @@ def test_broken_metrics_are_named(tmp_path, content, match):
 
 
 def test_pareto_over_runs_of_two_methods(tmp_path, capsys):
-    runs = [make_digits_run(tmp_path / name, method, err, cr, frames=False)
-            for name, method, err, cr in (("sws-a", "sws", 4.0, 40.0), ("sws-b", "sws", 3.5, 15.0),
-                                          ("dc-a", "dc", 5.0, 25.0))]
+    runs = [
+        make_digits_run(tmp_path / name, method, err, cr, frames=False)
+        for name, method, err, cr in (
+            ("sws-a", "sws", 4.0, 40.0),
+            ("sws-b", "sws", 3.5, 15.0),
+            ("dc-a", "dc", 5.0, 25.0),
+        )
+    ]
     (tmp_path / "pretrain").mkdir()
     path = plots.plot_pareto([*runs, tmp_path / "pretrain"], tmp_path / "out")
     assert path == tmp_path / "out" / "pareto.png"
@@ -202,8 +263,12 @@ def test_pareto_over_runs_of_two_methods(tmp_path, capsys):
 def test_pareto_front_keeps_only_undominated_runs():
     from weightshare.plots_summary import ParetoPoint, pareto_front
 
-    points = [ParetoPoint("a", "sws", 4.0, 40.0), ParetoPoint("b", "sws", 3.5, 15.0), ParetoPoint("c", "dc", 5.0, 25.0),
-              ParetoPoint("d", "dc", 3.0, 10.0)]
+    points = [
+        ParetoPoint("a", "sws", 4.0, 40.0),
+        ParetoPoint("b", "sws", 3.5, 15.0),
+        ParetoPoint("c", "dc", 5.0, 25.0),
+        ParetoPoint("d", "dc", 3.0, 10.0),
+    ]
     assert [p.label for p in pareto_front(points)] == ["d", "b", "a"]
 
 
@@ -217,3 +282,15 @@ def test_mixture_assigns_weights_to_the_most_responsible_component():
 def test_import_weightshare_does_not_import_matplotlib():
     code = "import sys, weightshare, weightshare.rundir; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_conv_filters_tile_with_their_input_channels_side_by_side():
+    from weightshare.plots_summary import _mosaic, _tiles
+
+    filters = np.arange(16 * 3 * 9, dtype=float).reshape(16, 3, 3, 3)
+    tiles, columns = _tiles(filters, limit=32)
+    assert tiles.shape == (16, 3, 9) and columns == 3  # one 3×9 strip per filter, about square overall
+    np.testing.assert_array_equal(tiles[1, :, 3:6], filters[1, 1])
+    mosaic = _mosaic(tiles, columns)
+    assert mosaic.shape == (6 * 4 - 1, 3 * 10 - 1)
+    assert np.isnan(mosaic).sum() == mosaic.size - tiles.size

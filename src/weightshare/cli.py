@@ -168,6 +168,94 @@ def _infer_method_preset(spec, source: dict) -> str | None:
     return name if name in spec.presets else None
 
 
+# --- encode / decode / inspect ----------------------------------------------------------------
+
+
+def _add_codec(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="write model.wsz from a compression run or a quantized checkpoint")
+    p.add_argument("source", help="run directory (uses its quantized.safetensors) or a quantized checkpoint")
+    p.add_argument("--out", help="output file (default: model.wsz next to the source)")
+    p.add_argument("--float16", action="store_true", help="store codebooks and dense tensors as float16")
+    p = sub.add_parser("decode", help="decode a .wsz file into a safetensors state dict")
+    p.add_argument("file", help=".wsz file")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p = sub.add_parser("inspect", help="per-tensor table of a .wsz file: layout, bytes, bits per weight, entropy")
+    p.add_argument("file", help=".wsz file")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+@command("encode")
+def _encode(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .codec import save_compressed
+    from .quantized import load_quantized
+
+    source = Path(args.source)
+    checkpoint = source / "quantized.safetensors" if source.is_dir() else source
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint} does not exist: pass a compression run directory or a "
+                                "quantized checkpoint (.safetensors written by a compression run)")
+    out = Path(args.out) if args.out else checkpoint.parent / "model.wsz"
+    qmodel = load_quantized(checkpoint)
+    nbytes = save_compressed(qmodel, out, float16=args.float16)
+    params = qmodel.num_quantized + qmodel.num_dense
+    print(f"{out}: {nbytes:,} bytes, {4 * params / nbytes:.1f}x smaller than float32 ({params:,} parameters)")
+    return 0
+
+
+@command("decode")
+def _decode(args: argparse.Namespace) -> int:
+    from .codec import load_compressed
+    from .rundir import save_tensors
+
+    state = load_compressed(args.file).to_state_dict()
+    save_tensors(args.out, state)
+    print(f"{args.out}: {len(state)} tensors, {sum(t.numel() for t in state.values()):,} parameters (float32)")
+    return 0
+
+
+@command("inspect")
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .codec_report import format_inspect, inspect
+
+    report = inspect(args.file)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_inspect(report))
+    return 0
+
+
+# --- plot ------------------------------------------------------------------------------------------
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="figures of a run directory (or a Pareto plot of many)")
+    p.add_argument("run_dirs", nargs="+", help="run directory (several with --kind pareto)")
+    p.add_argument("--kind", action="append", help="figure kind (repeatable; default: all that apply)")
+    p.add_argument("--pdf", action="store_true", help="also write PDF")
+    p.add_argument("--sample", type=int, default=20000, help="weights sampled for the scatter (default 20000)")
+    p.add_argument("--gif", action="store_true", help="animate the scatter over the retraining epochs")
+    p.add_argument("--out", help="pareto: output file (default: pareto.png in the current directory)")
+
+
+@command("plot")
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plots import make_gif, plot_pareto, plot_run
+
+    if args.kind and "pareto" in args.kind:
+        print(f"wrote {plot_pareto(args.run_dirs, Path(args.out or 'pareto.png'))}")
+        return 0
+    for run_dir in args.run_dirs:
+        if args.gif:
+            print(f"wrote {make_gif(run_dir)}")
+        for path in plot_run(run_dir, args.kind, pdf=args.pdf, sample=args.sample):
+            print(f"wrote {path}")
+    return 0
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 
@@ -187,7 +275,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 # --- entry point --------------------------------------------------------------------------------
 
-PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_evaluate, _add_demo]
+PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_codec, _add_evaluate, _add_plot, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

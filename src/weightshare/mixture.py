@@ -165,8 +165,8 @@ class MixturePrior(nn.Module):
     """Gaussian-mixture prior over a set of weight tensors (soft weight-sharing).
 
     >>> prior = MixturePrior([torch.linspace(-0.5, 0.5, 101)], MixtureConfig(num_components=5))
-    >>> prior.all_means().tolist()
-    [0.0, -0.5, -0.1666666716337204, 0.1666666716337204, 0.5]
+    >>> [round(m, 4) for m in prior.all_means().tolist()]
+    [0.0, -0.5, -0.1667, 0.1667, 0.5]
     >>> round(float(prior.pis().sum()), 6)
     1.0
     >>> prior.complexity_loss([torch.zeros(3)]).shape

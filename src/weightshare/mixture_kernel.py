@@ -32,6 +32,7 @@ dropped); the per-chunk sums are accumulated in float64.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -42,9 +43,9 @@ DEFAULT_CHUNK = 16384
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # Logits are kept in base 2: torch's exp2 is ~2.5x faster than exp on CPU (measured, AVX-512).
 _LOG2E = 1.0 / math.log(2.0)
-# One reusable buffer per (K, chunk, dtype): allocating K x n temporaries each step is what made
-# the reference implementation page-fault heavily (REFERENCES.md Part I, "Measured" section).
-_WORKSPACES: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
+# One reusable buffer per (thread, K, chunk, dtype): allocating K x n temporaries each step is what
+# made the reference implementation page-fault heavily (REFERENCES.md Part I, "Measured" section).
+_WORKSPACES: dict[tuple[int, int, int, torch.dtype], torch.Tensor] = {}
 
 
 def clear_workspace() -> None:
@@ -53,7 +54,7 @@ def clear_workspace() -> None:
 
 
 def _workspace(k: int, chunk: int, dtype: torch.dtype) -> torch.Tensor:
-    key = (k, chunk, dtype)
+    key = (threading.get_ident(), k, chunk, dtype)
     buf = _WORKSPACES.get(key)
     if buf is None:
         if len(_WORKSPACES) >= 4:  # keep the cache bounded when shapes keep changing
@@ -122,7 +123,7 @@ class _MixtureNLL(torch.autograd.Function):
                 out = grad[sl] if grad is not None else None
                 _chunk(flat[sl], mu.unsqueeze(1), scale, coef, lam.unsqueeze(1), ws, totals, out)
             grads.append(grad.view_as(weight) if grad is not None else None)
-        lam64, mu64 = lam.double(), mu.double()
+        lam64 = lam.double()
         r0, r1, r2 = totals.moments.view(3, k)
         ctx.param_grads = (-lam64 * r1, 0.5 * lam64 * r2 - 0.5 * r0, -r0)
         ctx.weight_grads = grads

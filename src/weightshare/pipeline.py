@@ -50,7 +50,7 @@ def pretrain(
     data = data or load_data(data_cfg)
     torch.manual_seed(train_cfg.seed)
     model = build_model(train_cfg.model, data.num_classes)
-    result = fit(
+    fit(
         model, data, train_cfg, run=run, phase="pretrain", resume=resume, batch_size=data_cfg.batch_size,
         progress=progress,
     )

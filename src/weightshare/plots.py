@@ -105,6 +105,8 @@ def plot_run(
     (a seeded sample). Kinds that do not apply are skipped with a printed note.
     """
     chosen = _check_kinds(kinds)
+    if sample < 1:
+        raise ValueError(f"sample must be a positive number of weights, got {sample}")
     run = RunArtifacts(run_dir)
     from .plots_style import save_figure
 
@@ -210,7 +212,7 @@ def make_gif(run_dir: str | os.PathLike) -> Path:
         i = min(i, len(weights) - 1)
         ax.clear()
         colors, levels = _frame_style(run, _mixture_at(run.mixture_history, epochs[i]), weights[i])
-        draw_weight_scatter(ax, weights[0], weights[i], colors, levels, limit)
+        draw_weight_scatter(ax, weights[0], weights[i], colors, levels, limit, ylabel="weight at this epoch $w_t$")
         label = "pretrained" if epochs[i] == 0 else f"retraining epoch {epochs[i]} of {epochs[-1]}"
         ax.set_title(f"{run.method} on {run.model_name}: {label}\n({weights[0].size:,} sampled weights)", fontsize=10)
 

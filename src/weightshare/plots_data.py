@@ -185,12 +185,9 @@ class RunArtifacts:
             raise RunDirError(f"{self.path}: state dict lacks the compressed tensors {missing}")
         return np.concatenate([state[n].detach().float().reshape(-1).numpy() for n in names])
 
-    def covered_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per covered weight: (codebook number, index into that codebook), in the covered order."""
-        qm = self.quantized
-        books = [np.full(qt.numel, qt.codebook) for qt in qm.quantized.values()]
-        index = [qt.indices.reshape(-1).numpy() for qt in qm.quantized.values()]
-        return np.concatenate(books), np.concatenate(index)
+    def covered_indices(self) -> np.ndarray:
+        """Per covered weight its index into its tensor's codebook, in the covered order."""
+        return np.concatenate([qt.indices.reshape(-1).numpy() for qt in self.quantized.quantized.values()])
 
     def covered_quantized(self) -> np.ndarray:
         """The covered weights after quantization (codebook values), in the covered order."""

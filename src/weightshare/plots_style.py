@@ -20,12 +20,22 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.ticker  # noqa: E402
 from matplotlib.colors import Colormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
-    "DPI", "FIGSIZES", "plt", "Figure", "component_colors", "new_figure", "save_figure", "shade_pretrain",
-    "log_counts_axis", "symmetric_limit",
+    "DPI",
+    "FIGSIZES",
+    "plt",
+    "Figure",
+    "component_colors",
+    "new_figure",
+    "save_figure",
+    "shade_pretrain",
+    "log_counts_axis",
+    "plain_log_axis",
+    "symmetric_limit",
 ]
 
 DPI = 110
@@ -80,13 +90,30 @@ def shade_pretrain(ax: object, boundary: float | None, first: float, label: bool
     ax.axvline(boundary, color="0.35", linestyle="--", linewidth=1, label="retraining starts" if label else None)
 
 
+def plain_log_axis(ax: object, axis: str = "y") -> None:
+    """Log scale labelled 1, 10, 20, 0.5 ... (plain numbers read faster than 2×10¹)."""
+    from matplotlib.ticker import FuncFormatter
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # Minor ticks are labelled only when the axis spans less than about two decades.
+    target.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.6)))
+
+
+class _PlainLogFormatter(matplotlib.ticker.LogFormatter):
+    """matplotlib's choice of which log ticks to label, written as plain numbers (0.2, not 2e-01)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
 def log_counts_axis(ax: object, axis: str = "y") -> None:
     """Counts that span decades: log scale, starting below a single weight."""
+    plain_log_axis(ax, axis)
     if axis == "y":
-        ax.set_yscale("log")
         ax.set_ylim(bottom=0.7)
     else:
-        ax.set_xscale("log")
         ax.set_xlim(left=0.7)
 
 

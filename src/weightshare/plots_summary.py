@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .plots_data import RunArtifacts
-from .plots_style import Figure, new_figure, shade_pretrain, symmetric_limit
+from .plots_style import Figure, new_figure, plain_log_axis, shade_pretrain, symmetric_limit
 from .rundir import RunDirError
 
 __all__ = ["draw_curves", "draw_layers", "draw_filters", "first_layer", "draw_pareto", "pareto_point", "ParetoPoint"]
@@ -25,12 +25,17 @@ class _Panel:
 
 # The curves figure draws the panels whose columns hold at least one number; no empty panels.
 _PANELS = (
-    _Panel("Training loss", "loss per example (nats)", (("loss", "total loss"), ("task_loss", "task loss (cross-entropy)"))),
-    _Panel("Complexity loss of the mixture prior", "$L_C$ (nats, all covered weights)",
-           (("complexity_loss", "complexity loss $L_C$"),)),
+    _Panel(
+        "Training loss", "loss per example (nats)", (("loss", "total loss"), ("task_loss", "task loss (cross-entropy)"))
+    ),
+    _Panel(
+        "Complexity loss of the mixture prior",
+        "$L_C$ (nats, all covered weights)",
+        (("complexity_loss", "complexity loss $L_C$"),),
+    ),
     _Panel("Method penalty", "penalty added to the loss", (("penalty", "penalty"),)),
     _Panel("Error", "error (%)", (("val_error", "validation"), ("test_error", "test"))),
-    _Panel("Sparsity", "covered weights at zero (%)", (("sparsity", "assigned to the zero component"),), 100.0),
+    _Panel("Sparsity", "covered weights at zero (%)", (("sparsity", "at zero (pruned)"),), 100.0),
 )
 
 
@@ -65,7 +70,7 @@ def draw_curves(run: RunArtifacts) -> Figure:
         ax.set(title=panel.title, ylabel=panel.ylabel, xlabel="epoch (pretraining, then retraining)")
         ax.set_xlim(0.5, x.size + 0.5)
         ax.legend(fontsize=8)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.remove()
     phases = f"{n_pre} pretraining + {phase.size - n_pre} retraining epochs" if boundary else f"{phase.size} epochs"
     fig.suptitle(f"{run.method} on {run.model_name}: training curves ({phases})", fontsize=11)
@@ -77,7 +82,7 @@ def _maybe_log(ax: object, columns: list[np.ndarray]) -> None:
     values = np.concatenate(columns) if columns else np.array([])
     values = values[np.isfinite(values)]
     if values.size and values.min() > 0 and values.max() / values.min() > 10:
-        ax.set_yscale("log")
+        plain_log_axis(ax, "y")
 
 
 def draw_layers(run: RunArtifacts) -> Figure:
@@ -109,8 +114,14 @@ def _bars(ax: object, y: np.ndarray, values: list[float], color: str, fmt: str, 
     values_arr = np.nan_to_num(np.asarray(values, dtype=float))
     ax.barh(y, values_arr, color=color)
     for yi, v in zip(y, values, strict=True):
-        ax.annotate(fmt.format(v) if math.isfinite(v) else "n/a", (max(v, 0) if math.isfinite(v) else 0, yi),
-                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=font)
+        ax.annotate(
+            fmt.format(v) if math.isfinite(v) else "n/a",
+            (max(v, 0) if math.isfinite(v) else 0, yi),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=font,
+        )
     ax.set_xlim(0, max(values_arr.max(initial=0) * 1.18, 1e-9))
     ax.grid(axis="x", alpha=0.3)
 
@@ -145,19 +156,24 @@ def _mosaic(tiles: np.ndarray, columns: int) -> np.ndarray:
     out = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), np.nan)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, columns)
-        out[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = tile
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = tile
     return out
 
 
+_MAX_CHANNELS = 4  # first layers see 1 (grey) or 3 (RGB) channels; more would make strips unreadable
+
+
 def _tiles(weights: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
-    """Up to ``limit`` units as 2-D tiles; a conv filter's input channels sit side by side."""
-    if weights.ndim == 4:
-        out, chans, h, w = weights.shape
-        units = min(out, max(1, limit // chans))
-        tiles = weights[:units].reshape(units * chans, h, w)
-        return tiles, chans * math.ceil(math.sqrt(units))
-    units = min(weights.shape[0], limit)
-    return weights[:units], math.ceil(math.sqrt(units * 1.6))
+    """Up to ``limit`` units as 2-D tiles, and how many columns make a roughly square mosaic.
+
+    A conv filter becomes one strip of its input channels side by side (no gap inside a
+    filter, so the gaps of the mosaic separate filters only).
+    """
+    tiles = weights[:limit]
+    if tiles.ndim == 4:
+        tiles = np.concatenate(list(tiles[:, :_MAX_CHANNELS].transpose(1, 0, 2, 3)), axis=2)
+    units, h, w = tiles.shape
+    return tiles, max(1, math.ceil(math.sqrt(units * h / w)))
 
 
 def draw_filters(run: RunArtifacts, max_units: int = 32) -> Figure:
@@ -170,7 +186,8 @@ def draw_filters(run: RunArtifacts, max_units: int = 32) -> Figure:
     axes = fig.subplots(1, 2)
     import matplotlib
 
-    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+    # Grey gaps: white is the colour of an exact zero here, so it cannot also mark the gaps.
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.6")
     for ax, tiles, title in ((axes[0], tiles_b, "pretrained"), (axes[1], tiles_a, "compressed (quantized)")):
         image = ax.imshow(_mosaic(tiles, cols), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
         ax.set_title(f"{title}: {100 * np.mean(tiles == 0):.0f}% zeros")
@@ -178,9 +195,13 @@ def draw_filters(run: RunArtifacts, max_units: int = 32) -> Figure:
         ax.set_yticks([])
     bar = fig.colorbar(image, ax=axes, shrink=0.7, extend="both")
     bar.set_label("weight value (blue < 0 < red)")
-    shown = f"{tiles_b.shape[0]} of {before.shape[0] * (before.shape[1] if before.ndim == 4 else 1)}"
-    fig.suptitle(f"{run.method} on {run.model_name}: first layer {name}, {shown} {size[0]}×{size[1]} "
-                 f"{'filters' if before.ndim == 4 else 'input weight images'}", fontsize=11)
+    if before.ndim == 4:
+        chans = min(before.shape[1], _MAX_CHANNELS)
+        side = f", {chans} input channels side by side" if chans > 1 else ""
+        what = f"{tiles_b.shape[0]} of its {before.shape[0]} filters ({size[0]}×{size[1]}{side})"
+    else:
+        what = f"the input weights of {tiles_b.shape[0]} of its {before.shape[0]} units as {size[0]}×{size[1]} images"
+    fig.suptitle(f"{run.method} on {run.model_name}: first layer {name}, {what}", fontsize=11)
     return fig
 
 
@@ -226,16 +247,38 @@ def draw_pareto(points: Sequence[ParetoPoint]) -> Figure:
     methods = sorted({p.method for p in points})
     for i, method in enumerate(methods):
         mine = [p for p in points if p.method == method]
-        ax.scatter([p.cr for p in mine], [p.error for p in mine], marker=_MARKERS[i % len(_MARKERS)], s=55,
-                   color=f"C{i}", label=method, zorder=3, edgecolors="black", linewidths=0.5)
+        ax.scatter(
+            [p.cr for p in mine],
+            [p.error for p in mine],
+            marker=_MARKERS[i % len(_MARKERS)],
+            s=55,
+            color=f"C{i}",
+            label=method,
+            zorder=3,
+            edgecolors="black",
+            linewidths=0.5,
+        )
     front = pareto_front(points)
-    ax.step([p.cr for p in front], [p.error for p in front], where="post", color="0.3", linestyle="--",
-            linewidth=1.2, label="Pareto front", zorder=2)
+    # "pre": between two front points only the error of the higher compression rate is reached.
+    ax.step(
+        [p.cr for p in front],
+        [p.error for p in front],
+        where="pre",
+        color="0.3",
+        linestyle="--",
+        linewidth=1.2,
+        label="Pareto front",
+        zorder=2,
+    )
     for p in front:
         ax.annotate(p.label, (p.cr, p.error), xytext=(5, 5), textcoords="offset points", fontsize=7)
-    ax.set_xscale("log")
-    ax.set(xlabel="compression rate (× smaller than float32, log scale)", ylabel="test error of the decoded model (%)",
-           title=f"Error vs compression over {len(points)} runs (lower right is better)")
+    plain_log_axis(ax, "x")
+    ax.margins(x=0.12, y=0.12)  # room for the labels of the extreme points
+    ax.set(
+        xlabel="compression rate (× smaller than float32, log scale)",
+        ylabel="test error of the decoded model (%)",
+        title=f"Error vs compression over {len(points)} runs (lower right is better)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="method", fontsize=8)
     return fig
