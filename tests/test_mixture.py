@@ -61,7 +61,7 @@ def test_hyperprior_terms() -> None:
     beta = MixturePrior([torch.randn(10)], MixtureConfig(num_components=3, hyperprior=False, learn_pi0=True))
     theta = beta.pi0_logit.detach()
     want = -999 * math.log(torch.sigmoid(theta)) - 1 * math.log(torch.sigmoid(-theta))
-    assert float(beta.hyperprior_loss()) == pytest.approx(want, rel=1e-5)
+    assert float(beta.hyperprior_loss().detach()) == pytest.approx(want, rel=1e-5)
 
 
 def _mix(means, variances, pis) -> MergedMixture:

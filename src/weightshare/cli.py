@@ -273,9 +273,41 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- sensitivity ------------------------------------------------------------------------------
+
+
+def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
+    from .sensitivity import DEFAULT_FRACTIONS
+
+    p = sub.add_parser("sensitivity", help="prune each layer alone at several fractions (no retraining); "
+                       "writes sensitivity.csv/.json and figures/sensitivity.png, derives per-layer --kept")
+    p.add_argument("run_dir", help="pretrained run directory (with model.safetensors)")
+    p.add_argument("--fractions", default=DEFAULT_FRACTIONS,
+                   help=f"comma-separated fractions of each layer to prune, in [0, 1] (default {DEFAULT_FRACTIONS})")
+    p.add_argument("--max-drop", type=float, default=0.5,
+                   help="allowed increase of the validation error, in percentage points (default 0.5)")
+    p.add_argument("--data-dir", help="data directory (default: the run's)")
+    p.add_argument("--no-plot", action="store_true", help="skip figures/sensitivity.png")
+
+
+@command("sensitivity")
+def _sensitivity(args: argparse.Namespace) -> int:
+    from .sensitivity import run_sensitivity
+
+    result = run_sensitivity(args.run_dir, fractions=args.fractions, max_drop=args.max_drop,
+                             data_dir=args.data_dir, plot=not args.no_plot)
+    print(f"baseline validation error {result['baseline_val_error']:.2f}%; allowed increase {args.max_drop:g} points")
+    for layer, s in result["layers"].items():
+        print(f"  {layer}: prune {100 * s['pruned_fraction']:.0f}% (|w| < {s['threshold']:.4g}, s = {s['quality']:g})")
+    print(f"--kept {result['kept']}   (or --prune-by std --quality {result['quality']})")
+    print(f"wrote sensitivity.csv and sensitivity.json in {args.run_dir}; figure: {result.get('figure', 'skipped')}")
+    return 0
+
+
 # --- entry point --------------------------------------------------------------------------------
 
-PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_codec, _add_evaluate, _add_plot, _add_demo]
+PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_codec, _add_evaluate, _add_plot, _add_demo,
+                   _add_sensitivity]
 
 
 def build_parser() -> argparse.ArgumentParser:

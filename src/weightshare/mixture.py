@@ -276,11 +276,14 @@ class MixturePrior(nn.Module):
             loss = loss - (cfg.pi0_beta_a - 1) * F.logsigmoid(theta) - (cfg.pi0_beta_b - 1) * F.logsigmoid(-theta)
         return loss
 
-    def complexity_loss(self, weights: Sequence[torch.Tensor], mode: str | None = None) -> torch.Tensor:
+    def complexity_loss(self, weights: Sequence[torch.Tensor] | nn.Module, mode: str | None = None) -> torch.Tensor:
         """L_C = -sum_i log p(w_i) - log p(hyper-priors), a differentiable scalar (paper eq. 6-7).
 
-        ``mode`` ("fast" or "naive") overrides ``config.kernel``.
+        ``weights`` is the covered tensors, or the model itself (then the tensors named in
+        ``self.names``, as recorded by :meth:`from_model`). ``mode`` overrides ``config.kernel``.
         """
+        if isinstance(weights, nn.Module):
+            weights = self._covered(weights)
         mode = mode or self.config.kernel
         args = (self.all_means(), self.log_precisions, self.log_pis())
         if mode == "fast":
@@ -290,6 +293,15 @@ class MixturePrior(nn.Module):
         else:
             raise ValueError(f"mode must be 'fast' or 'naive', got {mode!r}")
         return nll + self.hyperprior_loss().to(nll.dtype)
+
+    def _covered(self, model: nn.Module) -> list[torch.Tensor]:
+        if not self.names:
+            raise ValueError("this prior does not know its tensors' names: build it with from_model or pass names=")
+        params = dict(model.named_parameters())
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise KeyError(f"covered tensors not in the model: {missing}")
+        return [params[n] for n in self.names]
 
     # --- post-processing (paper Sec. 4.3, Algorithm 1) --------------------
     @torch.no_grad()

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .config import ConfigError
+
 __all__ = [
     "parse_values",
     "per_layer",
@@ -44,21 +46,21 @@ def parse_values(text: str, name: str, *, low: float, high: float, low_open: boo
     >>> parse_values("0.5,1.5", "kept", low=0.0, high=1.0)
     Traceback (most recent call last):
     ...
-    ValueError: setting 'kept': value 1.5 is outside (0.0, 1.0]
+    weightshare.config.ConfigError: setting 'kept': value 1.5 is outside (0.0, 1.0]
     """
     parts = [p.strip() for p in str(text).split(",")]
     if not parts or any(p == "" for p in parts):
-        raise ValueError(f"setting '{name}' must be a comma-separated list of numbers, got {text!r}")
+        raise ConfigError(f"setting '{name}' must be a comma-separated list of numbers, got {text!r}")
     values = []
     for part in parts:
         try:
             value = float(part)
         except ValueError:
-            raise ValueError(f"setting '{name}': {part!r} is not a number (in {text!r})") from None
+            raise ConfigError(f"setting '{name}': {part!r} is not a number (in {text!r})") from None
         inside = (value > low if low_open else value >= low) and value <= high and math.isfinite(value)
         if not inside:
             bracket = "(" if low_open else "["
-            raise ValueError(f"setting '{name}': value {value:g} is outside {bracket}{low}, {high}]")
+            raise ConfigError(f"setting '{name}': value {value:g} is outside {bracket}{low}, {high}]")
         values.append(value)
     return values
 
@@ -68,16 +70,16 @@ def per_layer(values: Sequence[float], layers: Sequence[str], name: str) -> dict
 
     >>> per_layer([0.1], ["a.weight", "b.weight"], "kept")
     {'a.weight': 0.1, 'b.weight': 0.1}
-    >>> per_layer([0.1, 0.2, 0.3], ["a.weight", "b.weight"], "kept")
+    >>> per_layer([0.1, 0.2, 0.3], ["a.weight", "b.weight"], "kept")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: setting 'kept' has 3 values but the model has 2 covered layers (a.weight, b.weight): give one value or one per layer
+    weightshare.config.ConfigError: setting 'kept' has 3 values for 2 covered layers (a.weight, b.weight): ...
     """
     if len(values) == 1:
         return {layer: float(values[0]) for layer in layers}
     if len(values) != len(layers):
-        raise ValueError(
-            f"setting '{name}' has {len(values)} values but the model has {len(layers)} covered layers "
+        raise ConfigError(
+            f"setting '{name}' has {len(values)} values for {len(layers)} covered layers "
             f"({', '.join(layers)}): give one value or one per layer"
         )
     return {layer: float(v) for layer, v in zip(layers, values, strict=True)}
@@ -137,7 +139,7 @@ def kept_threshold(weight: torch.Tensor, kept: float) -> float:
     """The magnitude threshold that keeps a fraction ``kept`` of ``weight`` (for reporting a kept
     fraction as a threshold, e.g. in the sensitivity analysis); 0 when everything is kept.
 
-    >>> kept_threshold(torch.tensor([0.1, -0.2, 0.3, 0.4]), 0.5)
+    >>> round(kept_threshold(torch.tensor([0.1, -0.2, 0.3, 0.4]), 0.5), 6)
     0.3
     """
     flat = weight.detach().reshape(-1).abs().sort(descending=True).values

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from .base import Method, PlainTraining
+from .dc import DC_PRESETS, DCConfig, DeepCompression
 from .sws import SWS_PRESETS, SoftWeightSharing, SWSConfig
 
 __all__ = ["Method", "PlainTraining", "SoftWeightSharing", "SWSConfig", "MethodSpec", "METHODS", "get_method"]
@@ -26,6 +27,7 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {
     "sws": MethodSpec("sws", SWSConfig, SWS_PRESETS, SoftWeightSharing, "soft weight-sharing (Ullrich et al. 2017)"),
+    "dc": MethodSpec("dc", DCConfig, DC_PRESETS, DeepCompression, "Deep Compression (Han, Mao & Dally 2016)"),
 }
 
 
