@@ -3,15 +3,17 @@
 Speed: for LeNet-300-100 and LeNet-5-Caffe at batch 128 on random MNIST-shaped input, the time
 of one SWS training step (forward, CE + tau/N * complexity_loss, backward, Adam step over the
 four parameter groups of REFERENCES.md Part I 0.3 item 6) divided by the time of a plain step
-(forward, CE, backward, Adam). The plain, fast-SWS and naive-SWS steps are interleaved, so
-machine noise hits all three alike; the figures are medians after warm-up.
+(forward, CE, backward, Adam), for each complexity kernel: "grid" (tabulated, the default),
+"fast" (exact, chunked) and "naive" (autograd logsumexp). Plain and SWS steps are interleaved
+(plain between every two SWS steps, the order rotating), so machine noise hits all alike; the
+figures are medians after warm-up.
 
-Memory: for N weights and K components, a fresh subprocess allocates the weight tensor and its
+Memory: per kernel, for N weights and K components, a fresh subprocess allocates the weight tensor and its
 gradient, records its resident set size, runs forward + backward of the complexity loss once and
 reads the peak RSS (VmHWM, reset just before). (peak - baseline) / N is the prior's extra peak memory in
 bytes per weight. tracemalloc cannot see torch's allocations, hence RSS.
 
-    .venv/bin/python benchmarks/prior_speed.py --steps 200 --warmup 30
+    .venv/bin/python benchmarks/prior_speed.py --steps 200 --warmup 30 --threads 1
 """
 
 from __future__ import annotations
@@ -87,26 +89,30 @@ class Trainer:
         return time.perf_counter() - start
 
 
-def speed(name: str, steps: int, warmup: int) -> dict[str, float]:
+KERNELS = ("grid", "fast", "naive")
+
+
+def speed(name: str, steps: int, warmup: int, kernels: tuple[str, ...] = KERNELS) -> dict[str, float]:
     x = torch.rand(128, 784) if name == "lenet300" else torch.rand(128, 1, 28, 28)
     y = torch.randint(0, 10, (128,))
-    runs = {"plain": Trainer(name, None), "fast": Trainer(name, "fast"), "naive": Trainer(name, "naive")}
+    runs = {"plain": Trainer(name, None)} | {k: Trainer(name, k) for k in kernels}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for i in range(warmup + steps):
-        for key in ("plain", "fast", "plain", "naive") if i % 2 else ("fast", "plain", "naive", "plain"):
-            t = runs[key].step(x, y)
-            if i >= warmup:
-                times[key].append(t)
+        shift = i % len(kernels)
+        for kernel in kernels[shift:] + kernels[:shift]:  # rotate the order: no kernel always runs first
+            for key in (kernel, "plain"):
+                t = runs[key].step(x, y)
+                if i >= warmup:
+                    times[key].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    weights = sum(w.numel() for w in runs["fast"].weights)
-    return {
-        "weights": weights,
+    row: dict[str, float] = {
+        "weights": sum(w.numel() for w in runs[kernels[0]].weights),
         "plain_ms": 1e3 * med["plain"],
-        "sws_fast_ms": 1e3 * med["fast"],
-        "sws_naive_ms": 1e3 * med["naive"],
-        "ratio_fast": med["fast"] / med["plain"],
-        "ratio_naive": med["naive"] / med["plain"],
     }
+    for k in kernels:
+        row[f"sws_{k}_ms"] = 1e3 * med[k]
+        row[f"ratio_{k}"] = med[k] / med["plain"]
+    return row
 
 
 def _rss_bytes() -> int:
@@ -144,7 +150,7 @@ def memory_case(n: int, k: int, kernel: str) -> float:
     return max(peak - base, 0) / n
 
 
-def memory(n: int, k: int, kernel: str = "fast") -> float:
+def memory(n: int, k: int, kernel: str = "grid") -> float:
     cmd = [sys.executable, __file__, "--threads", str(torch.get_num_threads()), "--memory-case", str(n), str(k), kernel]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
@@ -166,21 +172,25 @@ def main() -> None:
         print(memory_case(int(n), int(k), kernel))
         return
     result: dict[str, object] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
-    print(f"{'net':<10}{'weights':>9}{'plain ms':>10}{'fast ms':>9}{'naive ms':>10}{'fast x':>8}{'naive x':>9}")
+    head = "".join(f"{k + ' ms':>10}" for k in KERNELS) + "".join(f"{k + ' x':>9}" for k in KERNELS)
+    print(f"{'net':<10}{'weights':>9}{'plain ms':>10}{head}")
     for name in ("lenet300", "lenet5"):
         row = speed(name, args.steps, args.warmup)
         result[name] = row
-        print(
-            f"{name:<10}{row['weights']:>9}{row['plain_ms']:>10.2f}{row['sws_fast_ms']:>9.2f}"
-            f"{row['sws_naive_ms']:>10.2f}{row['ratio_fast']:>8.2f}{row['ratio_naive']:>9.2f}"
-        )
+        cells = "".join(f"{row[f'sws_{k}_ms']:>10.2f}" for k in KERNELS)
+        cells += "".join(f"{row[f'ratio_{k}']:>9.2f}" for k in KERNELS)
+        print(f"{name:<10}{row['weights']:>9}{row['plain_ms']:>10.2f}{cells}")
     mem = []
-    print(f"\n{'N':>11}{'K':>4}  extra peak bytes/weight (fast kernel)")
+    # naive holds several N x K matrices: measured only where that fits comfortably.
+    print(f"\n{'N':>11}{'K':>4}  " + "".join(f"{k:>8}" for k in KERNELS) + "   extra peak bytes/weight")
     for n in args.sizes:
         for k in (17, 64):
-            value = memory(n, k)
-            mem.append({"n": n, "k": k, "bytes_per_weight": value})
-            print(f"{n:>11}{k:>4}  {value:.1f}")
+            entry: dict[str, float | int | None] = {"n": n, "k": k}
+            for kernel in KERNELS:
+                entry[kernel] = memory(n, k, kernel) if kernel != "naive" or n * k <= 64_000_000 else None
+            mem.append(entry)
+            cells = "".join(f"{'-':>8}" if entry[c] is None else f"{entry[c]:>8.1f}" for c in KERNELS)
+            print(f"{n:>11}{k:>4}  {cells}")
     result["memory"] = mem
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -77,10 +77,15 @@ def test_bad_settings_fail_before_work(tmp_path, capsys, argv, message):
 
 
 def test_bad_sws_settings(pretrained, tmp_path, capsys):
-    for argv, message in ((["--pi0", "1.5"], "pi0"), (["--num-components", "1"], "num_components"),
-                          (["--tau", "-1"], "tau"), (["--cover-pattern", "nothing_matches"], "matches no parameter")):
-        code = main(["compress", "--method", "sws", "--from", str(pretrained), "--out", str(tmp_path / "y"),
-                     "--quiet", *argv])
+    for argv, message in (
+        (["--pi0", "1.5"], "pi0"),
+        (["--num-components", "1"], "num_components"),
+        (["--tau", "-1"], "tau"),
+        (["--cover-pattern", "nothing_matches"], "matches no parameter"),
+    ):
+        code = main(
+            ["compress", "--method", "sws", "--from", str(pretrained), "--out", str(tmp_path / "y"), "--quiet", *argv]
+        )
         assert code in (1, 2), argv
         assert message in capsys.readouterr().err, argv
 

@@ -128,8 +128,12 @@ def test_augment_shift_and_flip_preserve_content():
     # a shift by at most 4 pixels keeps the centre 24x24 block (possibly flipped)
     for i in range(2):
         centre = x[i, :, 4:28, 4:28]
-        assert any(torch.equal(out[i, :, 4 + dy : 28 + dy, 4 + dx : 28 + dx], c)
-                   for c in (centre, centre.flip(2)) for dy in range(-4, 5) for dx in range(-4, 5))
+        assert any(
+            torch.equal(out[i, :, 4 + dy : 28 + dy, 4 + dx : 28 + dx], c)
+            for c in (centre, centre.flip(2))
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+        )
 
 
 def test_digits_split_is_fixed(digits):

@@ -75,8 +75,15 @@ def test_iterative_pruning_reaches_the_per_layer_targets(digits):
     def record(epoch, net):
         kept_per_round.append([int(m.sum()) / m.numel() for m in dc.masks.values()])
 
-    fit(model, _small(digits), TrainConfig(epochs=cfg.total_epochs, lr=1e-3), method=dc, batch_size=64,
-        progress=False, on_epoch=record)
+    fit(
+        model,
+        _small(digits),
+        TrainConfig(epochs=cfg.total_epochs, lr=1e-3),
+        method=dc,
+        batch_size=64,
+        progress=False,
+        on_epoch=record,
+    )
     shapes = [m.numel() for m in dc.masks.values()]
     for r in range(3):  # round r + 1 was applied at the end of epoch r (round 1 when the method was built)
         expected = [round(kept_schedule(t, 3)[min(r + 1, 2)] * n) / n for t, n in zip(targets, shapes, strict=True)]
@@ -111,8 +118,7 @@ def test_layer_quantization_is_kmeans_of_the_nonzeros():
 def test_method_fills_centroids_with_the_layers_kmeans():
     model = _mlp()
     original = {n: p.detach().clone() for n, p in _weights(model).items()}
-    dc = DeepCompression(model, DCConfig(kept="0.5", prune_rounds=1, prune_epochs=0, bits_fc=3,
-                                         kmeans_init="density"))
+    dc = DeepCompression(model, DCConfig(kept="0.5", prune_rounds=1, prune_epochs=0, bits_fc=3, kmeans_init="density"))
     for name, w in original.items():
         ref = kmeans1d(w[magnitude_mask(w, 0.5)], 8, init="density")
         assert torch.equal(dc.centroids[name].detach()[: ref.centroids.numel()], ref.centroids)
@@ -137,6 +143,10 @@ def test_centroid_gradient_is_the_summed_weight_gradient():
     by_hand = torch.stack([dense.grad[dc.index["weight"] == k + 1].sum() for k in range(4)])
     assert torch.allclose(got, by_hand, atol=1e-7, rtol=1e-5) and float(got.abs().sum()) > 0
     assert bool((layer.weight.grad == 0).all()) and layer.bias.grad is not None  # W is tied, biases train
+    dc.remove_hooks()
+    layer.zero_grad()
+    F.cross_entropy(layer(x), y).backward()
+    assert torch.allclose(layer.weight.grad, dense.grad)  # an ordinary layer again
 
 
 def test_fine_tuning_keeps_at_most_2b_values_and_finalize_is_exact(digits):
@@ -233,8 +243,16 @@ def test_resume_equals_uninterrupted(digits, tmp_path, stop_after):
     first = _mlp()
     run_b = RunDir.create(tmp_path / "b", {})
     with pytest.raises(_Interrupt):
-        fit(first, data, train, method=DeepCompression(first, cfg), run=run_b, batch_size=32, progress=False,
-            on_epoch=interrupt)
+        fit(
+            first,
+            data,
+            train,
+            method=DeepCompression(first, cfg),
+            run=run_b,
+            batch_size=32,
+            progress=False,
+            on_epoch=interrupt,
+        )
     torch.manual_seed(123)
     second = _mlp()  # a fresh process: the pretrained model again, a fresh method
     dc2 = DeepCompression(second, cfg)
@@ -254,8 +272,23 @@ def pretrained_digits(tmp_path_factory):
 
 def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, capsys):
     out = tmp_path / "B"
-    assert main(["compress", "--method", "dc", "--from", str(pretrained_digits), "--out", str(out),
-                 "--preset", "digits", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "--method",
+                "dc",
+                "--from",
+                str(pretrained_digits),
+                "--out",
+                str(out),
+                "--preset",
+                "digits",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert (out / "model.wsz").is_file() and report["method"] == "dc"
     assert report["decoded_equals_quantized"] is True
@@ -272,6 +305,20 @@ def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, capsys):
 
 
 def test_cli_refuses_bad_settings(pretrained_digits, tmp_path, capsys):
-    code = main(["compress", "--method", "dc", "--from", str(pretrained_digits), "--out", str(tmp_path / "C"),
-                 "--preset", "digits", "--kept", "0.5,1.5", "--quiet"])
+    code = main(
+        [
+            "compress",
+            "--method",
+            "dc",
+            "--from",
+            str(pretrained_digits),
+            "--out",
+            str(tmp_path / "C"),
+            "--preset",
+            "digits",
+            "--kept",
+            "0.5,1.5",
+            "--quiet",
+        ]
+    )
     assert code == 2 and "setting 'kept': value 1.5 is outside (0.0, 1.0]" in capsys.readouterr().err

@@ -80,5 +80,9 @@ def test_analysis_of_a_conv_layer():
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     split = Split(torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,)))
     _, rows = sensitivity_analysis(net, split, [0.25, 0.75])
-    assert [(r.layer, r.kept_fraction) for r in rows] == [("0.weight", 0.75), ("0.weight", 0.25), ("2.weight", 0.75),
-                                                          ("2.weight", 0.25)]
+    assert [(r.layer, r.kept_fraction) for r in rows] == [
+        ("0.weight", 0.75),
+        ("0.weight", 0.25),
+        ("2.weight", 0.75),
+        ("2.weight", 0.25),
+    ]

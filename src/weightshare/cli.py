@@ -69,16 +69,19 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .pipeline import pretrain
 
     preset_name = args.preset or _infer_preset(args)
-    data_cfg, train_cfg = resolve_settings([DataConfig, TrainConfig], args, get_preset(PRETRAIN_PRESETS,
-                                                                                          preset_name, "pretrain"))
+    data_cfg, train_cfg = resolve_settings(
+        [DataConfig, TrainConfig], args, get_preset(PRETRAIN_PRESETS, preset_name, "pretrain")
+    )
     if args.resume:
         from .rundir import RunDir
 
         stored = RunDir.open(args.out).config
         data_cfg, train_cfg = DataConfig(**stored["data"]), TrainConfig(**stored["train"])
     final = pretrain(data_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
-    print(f"pretrained {train_cfg.model} on {data_cfg.dataset}: val error {final['val_error']:.2f}%, "
-          f"test error {final['test_error']:.2f}% -> {args.out}")
+    print(
+        f"pretrained {train_cfg.model} on {data_cfg.dataset}: val error {final['val_error']:.2f}%, "
+        f"test error {final['test_error']:.2f}% -> {args.out}"
+    )
     return 0
 
 
@@ -103,8 +106,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                                 normalize=args.normalize)
+    result = evaluate_checkpoint(
+        args.checkpoint, model=args.model, dataset=args.dataset, data_dir=args.data_dir, normalize=args.normalize
+    )
     print(f"{args.checkpoint}: test error {result['test_error']:.2f}% (val error {result['val_error']:.2f}%)")
     return 0
 
@@ -151,8 +155,17 @@ def _compress(args: argparse.Namespace) -> int:
     data_cfg = DataConfig(**source["data"])
     if args.data_dir:
         data_cfg.data_dir = args.data_dir
-    report = compress(args.method, args.source, args.out, train_cfg=train_cfg, method_cfg=method_cfg,
-                      data_cfg=data_cfg, resume=args.resume, progress=not args.quiet, record_frames=args.make_gif)
+    report = compress(
+        args.method,
+        args.source,
+        args.out,
+        train_cfg=train_cfg,
+        method_cfg=method_cfg,
+        data_cfg=data_cfg,
+        resume=args.resume,
+        progress=not args.quiet,
+        record_frames=args.make_gif,
+    )
     print(format_summary(report))
     if args.make_gif:
         from .plots import make_gif
@@ -194,8 +207,10 @@ def _encode(args: argparse.Namespace) -> int:
     source = Path(args.source)
     checkpoint = source / "quantized.safetensors" if source.is_dir() else source
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint} does not exist: pass a compression run directory or a "
-                                "quantized checkpoint (.safetensors written by a compression run)")
+        raise FileNotFoundError(
+            f"{checkpoint} does not exist: pass a compression run directory or a "
+            "quantized checkpoint (.safetensors written by a compression run)"
+        )
     out = Path(args.out) if args.out else checkpoint.parent / "model.wsz"
     qmodel = load_quantized(checkpoint)
     nbytes = save_compressed(qmodel, out, float16=args.float16)
@@ -279,13 +294,23 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
     from .sensitivity import DEFAULT_FRACTIONS
 
-    p = sub.add_parser("sensitivity", help="prune each layer alone at several fractions (no retraining); "
-                       "writes sensitivity.csv/.json and figures/sensitivity.png, derives per-layer --kept")
+    p = sub.add_parser(
+        "sensitivity",
+        help="prune each layer alone at several fractions (no retraining); "
+        "writes sensitivity.csv/.json and figures/sensitivity.png, derives per-layer --kept",
+    )
     p.add_argument("run_dir", help="pretrained run directory (with model.safetensors)")
-    p.add_argument("--fractions", default=DEFAULT_FRACTIONS,
-                   help=f"comma-separated fractions of each layer to prune, in [0, 1] (default {DEFAULT_FRACTIONS})")
-    p.add_argument("--max-drop", type=float, default=0.5,
-                   help="allowed increase of the validation error, in percentage points (default 0.5)")
+    p.add_argument(
+        "--fractions",
+        default=DEFAULT_FRACTIONS,
+        help=f"comma-separated fractions of each layer to prune, in [0, 1] (default {DEFAULT_FRACTIONS})",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.5,
+        help="allowed increase of the validation error, in percentage points (default 0.5)",
+    )
     p.add_argument("--data-dir", help="data directory (default: the run's)")
     p.add_argument("--no-plot", action="store_true", help="skip figures/sensitivity.png")
 
@@ -294,8 +319,9 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
 def _sensitivity(args: argparse.Namespace) -> int:
     from .sensitivity import run_sensitivity
 
-    result = run_sensitivity(args.run_dir, fractions=args.fractions, max_drop=args.max_drop,
-                             data_dir=args.data_dir, plot=not args.no_plot)
+    result = run_sensitivity(
+        args.run_dir, fractions=args.fractions, max_drop=args.max_drop, data_dir=args.data_dir, plot=not args.no_plot
+    )
     print(f"baseline validation error {result['baseline_val_error']:.2f}%; allowed increase {args.max_drop:g} points")
     for layer, s in result["layers"].items():
         print(f"  {layer}: prune {100 * s['pruned_fraction']:.0f}% (|w| < {s['threshold']:.4g}, s = {s['quality']:g})")
@@ -306,8 +332,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 # --- entry point --------------------------------------------------------------------------------
 
-PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_codec, _add_evaluate, _add_plot, _add_demo,
-                   _add_sensitivity]
+PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_codec, _add_evaluate, _add_plot, _add_demo, _add_sensitivity]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,8 +68,16 @@ def compress(
     history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
     recorder = _FrameRecorder(run, hooks) if record_frames else None
     result = fit(
-        model, data, train_cfg, method=hooks, run=run, phase="retrain", resume=resume,
-        batch_size=data_cfg.batch_size, progress=progress, history=history,
+        model,
+        data,
+        train_cfg,
+        method=hooks,
+        run=run,
+        phase="retrain",
+        resume=resume,
+        batch_size=data_cfg.batch_size,
+        progress=progress,
+        history=history,
         on_epoch=recorder,
     )
     _write_method_records(run, hooks)
@@ -77,8 +85,7 @@ def compress(
     retrained = evaluate_model(model, data)
     qmodel = hooks.finalize(model)
     qmodel.meta.update({"method": method, "model": source_run.config["train"]["model"]})
-    return finish(run, qmodel, data, errors={"pretrained": pretrained, "retrained": retrained},
-                  history=result.history)
+    return finish(run, qmodel, data, errors={"pretrained": pretrained, "retrained": retrained}, history=result.history)
 
 
 def finish(
@@ -113,6 +120,11 @@ def _write_method_records(run: RunDir, method: Any) -> None:
     prior = getattr(method, "prior", None)
     if prior is not None:
         write_json(run.file("mixture_final.json"), prior.to_json())
+        merged = prior.merged(method.config.merge_kl)
+        write_json(
+            run.file("mixture_merged.json"),
+            {"means": merged.means.tolist(), "sigmas": merged.variances.sqrt().tolist(), "pis": merged.pis.tolist()},
+        )
 
 
 class _FrameRecorder:
@@ -129,4 +141,3 @@ class _FrameRecorder:
     def __call__(self, epoch: int, model: torch.nn.Module) -> None:
         flat = torch.cat([p.detach().reshape(-1) for p in self.covered.values()])
         save_tensors(self.run.file("frames", f"epoch_{epoch + 1:04d}.safetensors"), {"w": flat[self.index]})
-

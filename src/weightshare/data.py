@@ -254,9 +254,7 @@ def _bundle_cifar(cfg: DataConfig) -> DataBundle:
         # CIFAR is always normalised per channel (the WRN recipe); "pixels" has no meaning there.
         return _normalise(x, "standard", mean_std)
 
-    train, val = _carve_validation(
-        images("train_x"), torch.from_numpy(arrays["train_y"]), cfg.val_size, cfg.split_seed
-    )
+    train, val = _carve_validation(images("train_x"), torch.from_numpy(arrays["train_y"]), cfg.val_size, cfg.split_seed)
     test = Split(images("test_x"), torch.from_numpy(arrays["test_y"]))
     classes = 10 if cfg.dataset == "cifar10" else 100
     return DataBundle(cfg.dataset, train, val, test, classes, augment=cfg.augment)

@@ -43,9 +43,15 @@ def run_demo(out: str | os.PathLike = "runs/demo", progress: bool = True) -> dic
     sws_train = apply_overrides(TrainConfig(model="mlp"), sws["train"])
     print(f"[2/3] soft weight-sharing retraining ({sws_train.epochs} epochs) -> {root / 'sws'}")
     report = compress(
-        "sws", root / "pretrain", root / "sws", train_cfg=sws_train,
-        method_cfg=apply_overrides(SWSConfig(), sws["sws"]), data_cfg=data_cfg, progress=progress,
-        record_frames=True, data=data,
+        "sws",
+        root / "pretrain",
+        root / "sws",
+        train_cfg=sws_train,
+        method_cfg=apply_overrides(SWSConfig(), sws["sws"]),
+        data_cfg=data_cfg,
+        progress=progress,
+        record_frames=True,
+        data=data,
     )
     print(format_summary(report))
     _figures(root / "sws")

@@ -51,7 +51,13 @@ def pretrain(
     torch.manual_seed(train_cfg.seed)
     model = build_model(train_cfg.model, data.num_classes)
     fit(
-        model, data, train_cfg, run=run, phase="pretrain", resume=resume, batch_size=data_cfg.batch_size,
+        model,
+        data,
+        train_cfg,
+        run=run,
+        phase="pretrain",
+        resume=resume,
+        batch_size=data_cfg.batch_size,
         progress=progress,
     )
     save_tensors(run.file("model.safetensors"), model.state_dict())

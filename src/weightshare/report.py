@@ -57,12 +57,19 @@ def build_report(
         "model": qmodel.meta.get("model"),
         "dataset": config.get("data", {}).get("dataset"),
         "errors": errors,
-        "file": {"path": "model.wsz", "bytes": nbytes, "dense_float32_bytes": 4 * rates["num_params"], **rates,
-                 "entropy_bound_bytes": inspected.entropy_bound_bytes},
+        "file": {
+            "path": "model.wsz",
+            "bytes": nbytes,
+            "dense_float32_bytes": 4 * rates["num_params"],
+            **rates,
+            "entropy_bound_bytes": inspected.entropy_bound_bytes,
+        },
         "paper_style": {"cr_weights": paper.cr_weights, "cr_all": paper.cr_all, **paper.to_dict()},
-        "values_only_cr": {"accounting": "Yang et al. 2020: log2(#distinct non-zeros) bits per non-zero, "
-                                         "positions, codebooks and biases free; not comparable",
-                           "cr": values_only(qmodel)},
+        "values_only_cr": {
+            "accounting": "Yang et al. 2020: log2(#distinct non-zeros) bits per non-zero, "
+            "positions, codebooks and biases free; not comparable",
+            "cr": values_only(qmodel),
+        },
         "totals": {
             "weights": qmodel.num_quantized,
             "nnz": qmodel.nnz,

@@ -83,8 +83,17 @@ def sensitivity_analysis(
                 kept = 1.0 - fraction
                 param.copy_(original * magnitude_mask(original, kept))
                 result = evaluate(model, split)
-                rows.append(SensitivityRow(name, fraction, round(kept, 9), kept_threshold(original, kept),
-                                           result["error"], result["loss"], result["error"] - baseline["error"]))
+                rows.append(
+                    SensitivityRow(
+                        name,
+                        fraction,
+                        round(kept, 9),
+                        kept_threshold(original, kept),
+                        result["error"],
+                        result["loss"],
+                        result["error"] - baseline["error"],
+                    )
+                )
         finally:
             param.copy_(original)
     return baseline["error"], rows
@@ -113,8 +122,12 @@ def derive_settings(
         fraction = chosen.pruned_fraction if chosen else 0.0
         threshold = chosen.threshold if chosen else 0.0
         std = (stds or {}).get(layer, 0.0)
-        out[layer] = {"pruned_fraction": fraction, "kept": round(1.0 - fraction, 6), "threshold": threshold,
-                      "quality": round(threshold / std, 6) if std > 0 else 0.0}
+        out[layer] = {
+            "pruned_fraction": fraction,
+            "kept": round(1.0 - fraction, 6),
+            "threshold": threshold,
+            "quality": round(threshold / std, 6) if std > 0 else 0.0,
+        }
     return out
 
 
@@ -181,8 +194,13 @@ def run_sensitivity(
     stds = {n: float(p.detach().std()) for n, p in covered_parameters(model).items()}
     settings = derive_settings(rows, max_drop, stds)
     write_csv(rows, run.file("sensitivity.csv"))
-    result = {"baseline_val_error": baseline, "max_drop": max_drop, "fractions": sorted(set(values)),
-              "layers": settings, **format_settings(settings)}
+    result = {
+        "baseline_val_error": baseline,
+        "max_drop": max_drop,
+        "fractions": sorted(set(values)),
+        "layers": settings,
+        **format_settings(settings),
+    }
     write_json(run.file("sensitivity.json"), result)
     if plot:
         try:

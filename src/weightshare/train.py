@@ -148,8 +148,9 @@ def _train_epoch(model, data: DataBundle, cfg: TrainConfig, batch_size: int, met
     steps = math.ceil(len(data.train) / batch_size)
     totals = {"loss": 0.0, "task_loss": 0.0, "penalty": 0.0}
     seen = 0
-    for step, (x, y) in enumerate(batches(data.train, batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch,
-                                          augment=data.augment)):
+    for step, (x, y) in enumerate(
+        batches(data.train, batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch, augment=data.augment)
+    ):
         factor = lr_factor(cfg, epoch, step, steps)
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] * factor
@@ -208,8 +209,14 @@ def fit(
         start, rows = _load_checkpoint(run, "last", model, optimizer, method)
         start += 1
     steps = math.ceil(len(data.train) / batch_size)
-    with tqdm(total=steps * max(cfg.epochs - start, 0), disable=not progress, desc=phase, unit="batch",
-              mininterval=0.5, leave=False) as bar:
+    with tqdm(
+        total=steps * max(cfg.epochs - start, 0),
+        disable=not progress,
+        desc=phase,
+        unit="batch",
+        mininterval=0.5,
+        leave=False,
+    ) as bar:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             train_stats = _train_epoch(model, data, cfg, batch_size, method, optimizer, epoch, bar)

@@ -7,8 +7,10 @@ from typing import Any
 
 from torch import nn
 
+from .admm import ADMM, ADMM_PRESETS, AdmmConfig
 from .base import Method, PlainTraining
 from .dc import DC_PRESETS, DCConfig, DeepCompression
+from .pwfn import PWFN_PRESETS, ProbabilisticWeightFixing, PWFNConfig
 from .sws import SWS_PRESETS, SoftWeightSharing, SWSConfig
 
 __all__ = ["Method", "PlainTraining", "SoftWeightSharing", "SWSConfig", "MethodSpec", "METHODS", "get_method"]
@@ -28,6 +30,20 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {
     "sws": MethodSpec("sws", SWSConfig, SWS_PRESETS, SoftWeightSharing, "soft weight-sharing (Ullrich et al. 2017)"),
     "dc": MethodSpec("dc", DCConfig, DC_PRESETS, DeepCompression, "Deep Compression (Han, Mao & Dally 2016)"),
+    "pwfn": MethodSpec(
+        "pwfn",
+        PWFNConfig,
+        PWFN_PRESETS,
+        ProbabilisticWeightFixing,
+        "probabilistic weight fixing (Subia-Waud & Dasmahapatra 2023)",
+    ),
+    "admm": MethodSpec(
+        "admm",
+        AdmmConfig,
+        ADMM_PRESETS,
+        ADMM,
+        "sparsity-quantization joint learning by ADMM (Yang, Gui, Zhu & Liu 2020)",
+    ),
 }
 
 

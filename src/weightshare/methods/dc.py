@@ -49,17 +49,22 @@ __all__ = ["DCConfig", "DeepCompression", "DC_PRESETS", "quantize_layer", "layer
 class DCConfig:
     """Every knob of Deep Compression: the pruning schedule, the bit widths, k-means and fine-tuning."""
 
-    prune_by: str = setting("kept", "pruning rule: per-layer kept fractions, or |w| < quality * std(W)",
-                            choices=("kept", "std"))
-    kept: str = setting("0.1", "kept fraction per covered layer after the last round, in (0, 1]: one value "
-                        "or a comma-separated list, one per layer (e.g. 0.08,0.09,0.26)")
+    prune_by: str = setting(
+        "kept", "pruning rule: per-layer kept fractions, or |w| < quality * std(W)", choices=("kept", "std")
+    )
+    kept: str = setting(
+        "0.1",
+        "kept fraction per covered layer after the last round, in (0, 1]: one value "
+        "or a comma-separated list, one per layer (e.g. 0.08,0.09,0.26)",
+    )
     quality: str = setting("1.0", "prune_by=std: per-layer quality parameter s (one value or a list)")
     prune_rounds: int = setting(3, "iterative pruning rounds (0 = quantize the dense model)", ge=0)
     prune_epochs: int = setting(2, "retraining epochs after each pruning round", ge=0)
     quant_epochs: int = setting(2, "centroid fine-tuning epochs after k-means", ge=0)
     bits_conv: int = setting(8, "index bits of conv layers: 2^b shared values per layer (paper: 8)", ge=1, le=16)
-    bits_fc: int = setting(5, "index bits of fully connected layers: 2^b shared values per layer (paper: 5)",
-                           ge=1, le=16)
+    bits_fc: int = setting(
+        5, "index bits of fully connected layers: 2^b shared values per layer (paper: 5)", ge=1, le=16
+    )
     kmeans_init: str = setting("linear", "k-means centroid initialisation", choices=INIT_METHODS)
     kmeans_iter: int = setting(100, "at most this many Lloyd iterations per layer", ge=1)
     kmeans_seed: int = setting(0, "seed of the forgy / kmeans++ initialisations", ge=0)
@@ -90,18 +95,39 @@ class DCConfig:
 DC_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "digits": {
         "train": {"epochs": 12, "lr": 1e-3, "weight_decay": 1e-5, "lr_schedule": "none"},
-        "dc": {"kept": "0.3", "prune_rounds": 3, "prune_epochs": 3, "quant_epochs": 3, "bits_conv": 4,
-               "bits_fc": 4, "lr_centroids": 1e-4},
+        "dc": {
+            "kept": "0.3",
+            "prune_rounds": 3,
+            "prune_epochs": 3,
+            "quant_epochs": 3,
+            "bits_conv": 4,
+            "bits_fc": 4,
+            "lr_centroids": 1e-4,
+        },
     },
     "lenet300": {
         "train": {"epochs": 40, "lr": 5e-4, "weight_decay": 1e-5, "lr_schedule": "none"},
-        "dc": {"kept": "0.08,0.09,0.26", "prune_rounds": 8, "prune_epochs": 4, "quant_epochs": 8,
-               "bits_conv": 6, "bits_fc": 6, "lr_centroids": 1e-5},
+        "dc": {
+            "kept": "0.08,0.09,0.26",
+            "prune_rounds": 8,
+            "prune_epochs": 4,
+            "quant_epochs": 8,
+            "bits_conv": 6,
+            "bits_fc": 6,
+            "lr_centroids": 1e-5,
+        },
     },
     "lenet5": {
         "train": {"epochs": 14, "lr": 5e-4, "weight_decay": 1e-5, "lr_schedule": "none"},
-        "dc": {"kept": "0.66,0.12,0.08,0.19", "prune_rounds": 5, "prune_epochs": 2, "quant_epochs": 4,
-               "bits_conv": 8, "bits_fc": 5, "lr_centroids": 1e-5},
+        "dc": {
+            "kept": "0.66,0.12,0.08,0.19",
+            "prune_rounds": 5,
+            "prune_epochs": 2,
+            "quant_epochs": 4,
+            "bits_conv": 8,
+            "bits_fc": 5,
+            "lr_centroids": 1e-5,
+        },
     },
 }
 
@@ -197,8 +223,9 @@ class DeepCompression(Method):
     def _quantize(self) -> None:
         c = self.config
         for n, p in self.covered.items():
-            centroids, index = quantize_layer(p, self.masks[n], self.bits[n], init=c.kmeans_init,
-                                              max_iter=c.kmeans_iter, seed=c.kmeans_seed)
+            centroids, index = quantize_layer(
+                p, self.masks[n], self.bits[n], init=c.kmeans_init, max_iter=c.kmeans_iter, seed=c.kmeans_seed
+            )
             self.centroids[n].zero_()
             self.centroids[n][: centroids.numel()] = centroids
             self.index[n] = index
@@ -248,8 +275,11 @@ class DeepCompression(Method):
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         kept = sum(int(m.sum()) for m in self.masks.values())
         total = sum(m.numel() for m in self.masks.values())
-        return {"sparsity": 1.0 - kept / max(total, 1), "prune_round": float(self.rounds_done),
-                "quantized": float(self.quantized)}
+        return {
+            "sparsity": 1.0 - kept / max(total, 1),
+            "prune_round": float(self.rounds_done),
+            "quantized": float(self.quantized),
+        }
 
     def remove_hooks(self) -> None:
         """Detach the gradient hooks from the model (e.g. to train it further without the method)."""
@@ -259,8 +289,12 @@ class DeepCompression(Method):
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"epochs_done": self.epochs_done, "rounds_done": self.rounds_done,
-                                 "quantized": self.quantized, "stds": dict(self.stds)}
+        state: dict[str, Any] = {
+            "epochs_done": self.epochs_done,
+            "rounds_done": self.rounds_done,
+            "quantized": self.quantized,
+            "stds": dict(self.stds),
+        }
         for n in self.covered:
             state[f"mask.{n}"] = self.masks[n]
             state[f"index.{n}"] = self.index[n]

@@ -5,16 +5,19 @@ Retraining minimises, per mini-batch (REFERENCES.md Part I §0.3 item 1)::
     loss = mean cross-entropy + (tau / N) * L_C,   L_C = -log p(w) - log p(hyper-priors)
 
 with N the number of training examples and L_C evaluated on *all* covered
-weights at every step. This is the paper's eq. 6, -log p(T|X,w) + tau·L_C,
-divided by N, so the same tau means the same trade-off for any batch size.
+weights at every step.
 
-How tau maps to the published values: the Keras tutorial uses exactly this form
-with tau = 0.003 and N = 60,000 (so a weight of 3e-3/6e4 = 5e-8 per batch on L_C);
-the ATDL2 reproduction uses 4.4e-3 to 5e-3. The paper's "tau = 0.05" is stated
-without its normalisation; it corresponds to the per-example likelihood being
-summed (not averaged) over the training set, and lands in the same range as the
-tutorial's 0.003 once divided the same way. Our default 5e-3 is the tuned value
-of the reproductions.
+How tau maps to the published values. Multiplying the mini-batch loss by N gives
+the full-data objective -log p(T|X,w) + tau·L_C, which is the paper's eq. 6 with
+the likelihood summed over the training set: our tau *is* the paper's tau, for
+any batch size and data-set size. The Keras tutorial uses exactly this form
+(Keras ``loss_weights`` of tau/N with tau = 0.003, N = 60,000); the ATDL2
+reproduction tuned tau to 4.4e-3 to 5e-3 in the same form. The paper's text
+says "tau = 0.05, similar to Nowlan & Hinton" without stating how the likelihood
+is normalised: read with a summed likelihood it is ``--tau 0.05`` here (a 10x
+stronger prior than the reproductions: more pruning, more error); read with a
+per-example mean likelihood it would be 0.05/N here, too weak to prune anything.
+The default, 5e-3, is the value the reproductions of Table 1 converge on.
 
 The mixture's own parameters get their own Adam groups (paper Sec. 4.2; tutorial
 rates): weights 5e-4, means 1e-4, log-precisions 3e-3, mixing logits 3e-3.
@@ -53,8 +56,9 @@ class SWSConfig(MixtureConfig):
     include_biases: bool = setting(False, "put the biases under the prior too (as the tutorial does)")
     cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
     merge_kl: float = setting(1e-10, "merge mixture components whose KL divergence is below this", ge=0)
-    assign: str = setting("map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)",
-                          choices=("map", "ml"))
+    assign: str = setting(
+        "map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)", choices=("map", "ml")
+    )
     quant_skip_last: bool = setting(False, "leave the last covered layer dense (float32)")
 
     def check(self) -> None:
@@ -71,8 +75,14 @@ SWS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "lenet5": {"train": {"epochs": 100}, "sws": {}},
     "wrn16_4": {
         "train": {"epochs": 40},
-        "sws": {"num_components": 64, "pi0": 0.99, "lr_w": 1e-3, "lr_means": 3e-4, "lr_precisions": 1e-3,
-                "lr_mixing": 1e-3},
+        "sws": {
+            "num_components": 64,
+            "pi0": 0.99,
+            "lr_w": 1e-3,
+            "lr_means": 3e-4,
+            "lr_precisions": 1e-3,
+            "lr_mixing": 1e-3,
+        },
     },
     "tutorialnet": {
         "train": {"epochs": 30},
@@ -117,8 +127,10 @@ class SoftWeightSharing(Method):
         groups = [
             {"params": [self.prior.means], "lr": c.lr_means},
             {"params": [self.prior.log_precisions], "lr": c.lr_precisions},
-            {"params": [p for n, p in self.prior.named_parameters() if n not in ("means", "log_precisions")],
-             "lr": c.lr_mixing},
+            {
+                "params": [p for n, p in self.prior.named_parameters() if n not in ("means", "log_precisions")],
+                "lr": c.lr_mixing,
+            },
         ]
         return [g for g in groups if g["params"]]
 
@@ -150,8 +162,10 @@ class SoftWeightSharing(Method):
         }
 
     def divergence_hint(self) -> str:
-        return ("Likely cause: mixture collapse (a component's variance went to 0); keep the Gamma hyper-priors on, "
-                "lower --lr-precisions or --tau.")
+        return (
+            "Likely cause: mixture collapse (a component's variance went to 0); keep the Gamma hyper-priors on, "
+            "lower --lr-precisions or --tau."
+        )
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {f"prior.{k}": v for k, v in self.prior.state_dict().items()}
