@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from weightshare.pow2 import SIGMA_MAX, SIGMA_MIN, _quantile, centre_set, pow2_closeness, power_terms, prior_sigma
+from weightshare.pow2 import (
+    SIGMA_MAX,
+    SIGMA_MIN,
+    _quantile,
+    assign_centres,
+    centre_set,
+    pow2_closeness,
+    power_terms,
+    prior_sigma,
+)
 
 
 def test_power_terms_run_from_2_to_the_minus_b_to_just_below_the_largest_weight():
@@ -79,3 +88,44 @@ def test_prior_sigma_scales_to_0_0025_at_the_upper_quartile():
     assert torch.allclose(prior_sigma(mu), expected, rtol=1e-6)
     at_q75 = prior_sigma(mu)[(r - q75).abs().argmin()]
     assert math.isclose(float(at_q75), 0.0025, rel_tol=1e-5)
+
+
+# --- one fixing round ------------------------------------------------------------------------------
+
+
+def test_zero_centre_is_found_by_value_after_other_centres_are_gone():
+    # 0.5 is taken first (3 weights) and leaves the list; the reference would then read the middle index
+    mu = torch.tensor([0.51, 0.5, 0.49, 0.001, -0.002, 0.26])
+    a = assign_centres(mu, torch.full((6,), 0.02), 6, b=3)
+    centre = dict(zip(a.position.tolist(), a.centre.tolist(), strict=True))
+    assert centre == {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.0, 4: 0.0, 5: 0.25}
+    assert a.group.tolist() == [0, 0, 0, 1, 1, 2]
+
+
+def test_most_captured_centre_first_and_nearest_first_within_it():
+    mu = torch.tensor([0.13, 0.12, 0.125, 0.25, 0.26])
+    a = assign_centres(mu, torch.full((5,), 0.01), 2, b=3, zero_fix=False)
+    assert a.position.tolist() == [2, 0] and a.centre.tolist() == [0.125, 0.125]  # 0.13 before 0.12 (tie: order)
+
+
+def test_reach_and_terms_grow_until_a_far_weight_is_fixed():
+    # sigma 1e-6: the nearest centre 0.25 is 5e4 sigmas away, 3/8 (two terms) 7.5e4
+    a = assign_centres(torch.tensor([0.3]), torch.tensor([1e-6]), 1, b=3)
+    assert a.centre.tolist() == [0.25] and a.delta >= 5e4 and a.terms == 4
+
+
+def test_zero_fix_sends_tiny_weights_to_zero_at_once():
+    mu = torch.tensor([2.0**-8, -(2.0**-9), 0.1, 0.0])
+    on = assign_centres(mu, torch.full((4,), 1e-6), 3, b=7)  # 2^-8, 2^-9 < 2^-7
+    assert on.position.tolist() == [0, 1, 3] and on.centre.tolist() == [0.0] * 3 and on.delta == 1.0
+    off = assign_centres(mu, torch.full((4,), 1e-6), 3, b=7, zero_fix=False)
+    assert off.delta > 1.0  # without zero_fix, only the exact zero is within reach at first
+
+
+def test_assignment_refuses_what_would_never_end():
+    with pytest.raises(ValueError, match="inc > 1"):
+        assign_centres(torch.tensor([0.3]), torch.tensor([1e-6]), 1, b=3, inc=1.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        assign_centres(torch.tensor([float("nan")]), torch.tensor([0.1]), 1, b=3)
+    everything = assign_centres(torch.tensor([0.3, -0.2]), torch.tensor([0.1, 0.1]), 5, b=3)
+    assert sorted(everything.position.tolist()) == [0, 1]  # asking for more than there is fixes all

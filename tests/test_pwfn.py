@@ -10,9 +10,8 @@ from weightshare.data import DataBundle, Split
 from weightshare.methods import METHODS
 from weightshare.methods.pwfn import (
     PWFN_PRESETS,
-    PWFNConfig,
     ProbabilisticWeightFixing,
-    assign_centres,
+    PWFNConfig,
     check_epochs,
     join_sigma,
 )
@@ -39,36 +38,7 @@ def _is_centre(values: torch.Tensor, b: int, terms: int) -> bool:
     return bool((n == ints).all()) and all(bin(int(v)).count("1") <= terms for v in ints.tolist())
 
 
-# --- assignment ---------------------------------------------------------------------------------
-
-
-def test_zero_centre_is_found_by_value_after_other_centres_are_gone():
-    # 0.5 is taken first (3 weights) and leaves the list; the reference would then read the middle index
-    mu = torch.tensor([0.51, 0.5, 0.49, 0.001, -0.002, 0.26])
-    a = assign_centres(mu, torch.full((6,), 0.02), 6, PWFNConfig(b=3))
-    centre = dict(zip(a.position.tolist(), a.centre.tolist(), strict=True))
-    assert centre == {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.0, 4: 0.0, 5: 0.25}
-    assert a.group.tolist() == [0, 0, 0, 1, 1, 2]
-
-
-def test_most_captured_centre_first_and_nearest_first_within_it():
-    mu = torch.tensor([0.13, 0.12, 0.125, 0.25, 0.26])
-    a = assign_centres(mu, torch.full((5,), 0.01), 2, PWFNConfig(b=3, zero_fix=False))
-    assert a.position.tolist() == [2, 0] and a.centre.tolist() == [0.125, 0.125]  # 0.13 before 0.12 (tie: order)
-
-
-def test_reach_and_terms_grow_until_a_far_weight_is_fixed():
-    # sigma 1e-6: the nearest centre 0.25 is 5e4 sigmas away, 3/8 (two terms) 7.5e4
-    a = assign_centres(torch.tensor([0.3]), torch.tensor([1e-6]), 1, PWFNConfig(b=3))
-    assert a.centre.tolist() == [0.25] and a.delta >= 5e4 and a.terms == 4
-
-
-def test_zero_fix_sends_tiny_weights_to_zero_at_once():
-    mu = torch.tensor([2.0**-8, -(2.0**-9), 0.1, 0.0])
-    on = assign_centres(mu, torch.full((4,), 1e-6), 3, PWFNConfig(b=7))  # 2^-8, 2^-9 < 2^-7
-    assert on.position.tolist() == [0, 1, 3] and on.centre.tolist() == [0.0] * 3 and on.delta == 1.0
-    off = assign_centres(mu, torch.full((4,), 1e-6), 3, PWFNConfig(b=7, zero_fix=False))
-    assert off.delta > 1.0  # without zero_fix, only the exact zero is within reach at first
+# --- joining sigmas ---------------------------------------------------------------------------------
 
 
 def test_sigma_join_rules():

@@ -47,6 +47,8 @@ def compress(
     spec = get_method(method)
     validate(train_cfg)
     validate(method_cfg)
+    if not resume:
+        RunDir.check_new(out)
     model, source_run = load_run_model(source)
     data_cfg = validate(data_cfg or DataConfig(**source_run.config["data"]))
     set_threads(train_cfg.threads)
@@ -58,13 +60,18 @@ def compress(
         "train": dataclasses.asdict(train_cfg),
         spec.name: dataclasses.asdict(method_cfg),
     }
-    run = RunDir.open(out) if resume else RunDir.create(out, config)
     data = data or load_data(data_cfg)
+    pretrained_state = {k: v.clone() for k, v in model.state_dict().items()}
     pretrained = evaluate_model(model, data)
-    if not resume:
-        save_tensors(run.file("model_init.safetensors"), model.state_dict())
     torch.manual_seed(train_cfg.seed)
     hooks = build_method(method, model, method_cfg, len(data.train))
+    check_train = getattr(hooks, "check_train", None)  # a method whose schedule fixes the epochs says so here
+    if check_train is not None:
+        check_train(train_cfg)
+    # Only now, with every setting checked, does the run directory come to exist.
+    run = RunDir.open(out) if resume else RunDir.create(out, config)
+    if not resume:
+        save_tensors(run.file("model_init.safetensors"), pretrained_state)
     history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
     recorder = _FrameRecorder(run, hooks) if record_frames else None
     result = fit(
@@ -112,8 +119,11 @@ def finish(
 
 
 def _write_method_records(run: RunDir, method: Any) -> None:
-    """Per-epoch records a method keeps (e.g. the mixture of soft weight-sharing each epoch)."""
-    history = getattr(method, "history", None)
+    """Records a method keeps: soft weight-sharing's mixture each epoch, weight fixing's rounds."""
+    rounds = getattr(method, "rounds", None)
+    if rounds:
+        write_json(run.file(f"{method.name}_rounds.json"), rounds)
+    history = getattr(method, "history", None) if method.name == "sws" else None
     if history:
         for row in history:
             write_json(run.file("mixture_epochs", f"epoch_{int(row['epoch']):04d}.json"), row)

@@ -140,14 +140,20 @@ class RunDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
-    @classmethod
-    def create(cls, path: str | os.PathLike, config: Mapping[str, Any]) -> RunDir:
+    @staticmethod
+    def check_new(path: str | os.PathLike) -> None:
+        """Refuse a non-empty directory (call early, before any slow work)."""
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise RunDirError(
                 f"run directory {path} already exists and is not empty; choose another --out, "
                 "remove it, or pass --resume to continue that run"
             )
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: Mapping[str, Any]) -> RunDir:
+        path = Path(path)
+        cls.check_new(path)
         run = cls(path)
         path.mkdir(parents=True, exist_ok=True)
         write_json(run.file("config.json"), dict(config))

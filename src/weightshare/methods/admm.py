@@ -16,14 +16,16 @@ scaled dual U (REFERENCES.md B.2, as the authors' ``train.py`` runs it):
   ``sum_l b_l * nnz_l <= S``; then V = Q(X) and U += W - V;
 * **primal step**: the loop's SGD step on the task loss, with the augmented term rho/2 ||W - V + U||²
   added to the loss (:meth:`ADMM.penalty`) or, with ``prox``, applied in closed form after the step:
-  W <- (W + lr·rho·(V - U)) / (1 + lr·rho);
+  W <- (W + lr·rho·(V - U)) / (1 + lr·rho). The loop's weight decay acts on every trainable tensor; the
+  reference decays only ``*.weight`` tensors (biases of LeNets: a negligible difference);
 * optional **knowledge distillation** from the pretrained model (:meth:`ADMM.extra_loss`) and optional
   **fine-tuning** in the last ``finetune_epochs`` epochs with the mask and bit widths fixed (the
   authors' ``finetune.py``; see :class:`_FineTune`).
 
 :meth:`ADMM.finalize` gives one codebook per layer (entry 0 = 0.0) with at most 2^b_l non-zero values.
 The paper counts only those values (``values_only_cr`` in report.json); the file-based rate counts the
-positions too, which dominate at 0.5 % density (REFERENCES D.2).
+positions too, which dominate at 0.5 % density (REFERENCES D.2). The loop's per-epoch ``val_error`` is that
+of W (sparse, not yet quantized); the reference evaluates a re-quantized copy instead.
 """
 
 from __future__ import annotations
@@ -42,27 +44,14 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..config import ConfigError, TrainConfig, setting, validate
 from ..coverage import covered_parameters
-from ..kmeans import assign_nearest, kmeans1d
-from ..knapsack import mckp_greedy, prune_to_budget
+from ..knapsack import prune_to_budget
 from ..quantized import QuantizedModel
+from .admm_quant import MAX_BITS, quantization_projection, refine_codebook, zero_codebook, zero_quantize
 from .base import Method
 from .dc import _compact
 
-__all__ = [
-    "AdmmConfig",
-    "ADMM",
-    "ADMM_PRESETS",
-    "model_size_budget",
-    "zero_codebook",
-    "refine_codebook",
-    "zero_quantize",
-    "quantization_projection",
-    "distillation_loss",
-]
+__all__ = ["AdmmConfig", "ADMM", "ADMM_PRESETS", "model_size_budget", "distillation_loss"]
 
-MAX_BITS = 8
-# Yang's util.py (_NZ_PES): in the quantization projection |x| < 1e-5 counts as zero.
-ZERO_EPS = 1e-5
 # finetune.py refreshes the codebooks with 5 Lloyd iterations from the current centres.
 REFRESH_ITERS = 5
 
@@ -129,69 +118,6 @@ def model_size_budget(numels: list[int], nnz_budget: float, bit_budget: float) -
     return float(bit_budget) * sum(math.ceil(nnz_budget * n) for n in numels)
 
 
-def zero_codebook(x: torch.Tensor, bits: int, max_iter: int = 100) -> torch.Tensor:
-    """Codebook of Yang's quantization projection: entry 0 is the fixed 0, then at most 2^bits centres from
-    k-means of the non-zeros of ``x`` (|x| >= 1e-5), linearly initialised over their range.
-
-    >>> zero_codebook(torch.tensor([0.0, 1e-6, 1.0, 1.2, -2.0]), 1)
-    tensor([ 0.0000, -2.0000,  1.1000])
-    """
-    values = _nonzeros(x)
-    if values.numel() == 0:
-        return x.new_zeros(1)
-    return kmeans1d(values, 2**bits, init="linear", max_iter=max_iter, fixed_zero=True).centroids
-
-
-def refine_codebook(x: torch.Tensor, codebook: torch.Tensor, max_iter: int) -> torch.Tensor:
-    """A few Lloyd steps on the non-zeros of ``x``, starting from ``codebook`` (its 0 stays fixed).
-
-    >>> refine_codebook(torch.tensor([0.0, 1.0, 1.2, -2.0]), torch.tensor([0.0, -1.0, 1.0]), 5)
-    tensor([ 0.0000, -2.0000,  1.1000])
-    """
-    values = _nonzeros(x)
-    if values.numel() == 0 or codebook.numel() < 2:
-        return codebook
-    return kmeans1d(values, codebook.numel() - 1, init=codebook[1:], max_iter=max_iter, fixed_zero=True).centroids
-
-
-def _nonzeros(x: torch.Tensor) -> torch.Tensor:
-    values = x.detach().reshape(-1)
-    return values[values.abs() >= ZERO_EPS]
-
-
-def zero_quantize(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of each value's nearest codebook entry (``codebook[0]`` = 0); |x| < 1e-5 and entries that
-    are exactly 0 map to index 0, as in Yang's ``km_quantize_tensor``.
-
-    >>> zero_quantize(torch.tensor([0.4, 1e-6, -1.9, 0.6]), torch.tensor([0.0, -2.0, 1.0]))
-    tensor([0, 0, 1, 2])
-    """
-    index = assign_nearest(x, codebook)
-    index[(x.detach().abs() < ZERO_EPS) | (codebook[index] == 0)] = 0
-    return index
-
-
-def _distortion(x: torch.Tensor, codebook: torch.Tensor) -> float:
-    return float(((x.to(torch.float64) - codebook.to(torch.float64)[zero_quantize(x, codebook)]) ** 2).sum())
-
-
-def quantization_projection(
-    xs: dict[str, torch.Tensor], nnz: dict[str, int], budget: float, bwlb: int, max_iter: int
-) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
-    """Yang's ``sparse_quantize``: bit widths b_l by the greedy MCKP on distortion vs ``b * nnz_l`` bits,
-    and the projection V_l = Q_{b_l}(X_l). Returns ``(bits, V)``."""
-    choices = list(range(bwlb, MAX_BITS + 1))
-    codebooks = {n: [zero_codebook(x, b, max_iter) for b in choices] for n, x in xs.items()}
-    costs = [[float(b * nnz[n]) for b in choices] for n in xs]
-    losses = [[_distortion(x, cb) for cb in codebooks[n]] for n, x in xs.items()]
-    picked = mckp_greedy(costs, losses, budget)
-    bits, projected = {}, {}
-    for (n, x), j in zip(xs.items(), picked, strict=True):
-        codebook = codebooks[n][j]
-        bits[n], projected[n] = choices[j], codebook[zero_quantize(x, codebook)]
-    return bits, projected
-
-
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Yang's KD term: T · CE(softmax(z_t / T), log_softmax(z_s / T)), mean over the batch (factor T, not T²).
 
@@ -208,7 +134,9 @@ class _FineTune:
 
     The model's parameter holds the quantized layer C[I] for the forward pass; the float shadow weights
     live here. After each optimizer step the step's change is moved onto the shadow (straight-through:
-    the gradient taken at C[I] updates the float weights), the shadow is re-masked and re-quantized."""
+    the gradient taken at C[I] updates the float weights), the shadow is re-masked and re-quantized.
+    Weight decay therefore acts on C[I], not on the shadow as in the reference: lr·wd·(quantization error)
+    per step, far below the step itself."""
 
     KINDS = ("mask", "shadow", "codebook", "index")
 
@@ -391,32 +319,32 @@ class ADMM(Method):
         if self._lr_group is not None:
             self._bind_hook.remove()
         if self.config.finetune_epochs and self.total_epochs is None:
-            raise RuntimeError(
-                "ADMM fine-tuning needs the number of training epochs: call "
-                "method.check_train(train_config) before training"
-            )
+            raise RuntimeError("ADMM fine-tuning needs the number of training epochs: call "
+                               "method.check_train(train_config) before training")
         self._batch += 1
         if self.finetune is not None:
-            self.finetune.step(self.covered)
-            every = max(1, round(self.steps_per_epoch / self.config.finetune_refresh)) if self.steps_per_epoch else 0
-            refresh = bool(every) and self._batch % every == 0
-            if refresh:
-                self.finetune.refresh(self.covered, REFRESH_ITERS)
-            self._done_at_batch = (refresh, refresh)
+            self._finetune_step()
             return
-        if self.config.prox:
-            beta = self.current_lr() * self.config.rho
+        c = self.config
+        if c.prox:
+            beta = self.current_lr() * c.rho
             for n, p in self.covered.items():
                 p.add_(self.dup[n] - self.dual[n], alpha=beta).div_(1.0 + beta)
-        c = self.config
-        self._done_at_batch = (
-            bool(c.projint) and self._batch % c.projint == 0,
-            bool(c.dualint) and self._batch % c.dualint == 0,
-        )
+        self._done_at_batch = (bool(c.projint) and self._batch % c.projint == 0,
+                               bool(c.dualint) and self._batch % c.dualint == 0)
         if self._done_at_batch[0]:
             self._sparse_projection(self.budget)
         if self._done_at_batch[1]:
             self._dual_update()
+
+    def _finetune_step(self) -> None:
+        """Straight-through step; codebook refreshes ``finetune_refresh`` times per epoch (finetune.py: 20)."""
+        self.finetune.step(self.covered)
+        every = max(1, round(self.steps_per_epoch / self.config.finetune_refresh)) if self.steps_per_epoch else 0
+        refresh = bool(every) and self._batch % every == 0
+        if refresh:
+            self.finetune.refresh(self.covered, REFRESH_ITERS)
+        self._done_at_batch = (refresh, refresh)
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         # The epoch's last batch always projects (train.py: "... or batch_idx == len(train_loader) - 1").

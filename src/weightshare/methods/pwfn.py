@@ -16,10 +16,10 @@ removes them.
   the unfixed weights, returned by :meth:`penalty`. Its gradient is exactly that edit, and its value is
   >= 0 and 0 once sigma saturates at 0.05, so the logged loss stays readable.
 * Fixing rounds (C.3): after ``first_epochs`` and then every ``rest_epochs`` epochs, the cumulative
-  fraction ``schedule[r]`` of the covered weights is fixed to power-of-two centres
-  (:func:`assign_centres`), the most certain first; fixed weights never move again (zero gradient +
+  fraction ``schedule[r]`` of the covered weights is fixed to power-of-two centres, the most certain
+  first (:func:`weightshare.pow2.assign_centres`); fixed weights never move again (zero gradient and a
   re-snap after every step, so momentum and weight decay cannot move them), and their sigma is joined
-  per ``sigma_join``.
+  per ``sigma_join``. The per-round records are :attr:`ProbabilisticWeightFixing.rounds`.
 * :meth:`finalize` builds ONE network-wide codebook (entry 0 = 0.0, then the values in use).
 
 Deviations from the reference code, all deliberate:
@@ -46,7 +46,7 @@ from torch import nn
 
 from ..config import ConfigError, TrainConfig, setting, validate
 from ..coverage import covered_parameters
-from ..pow2 import SIGMA_MAX, SIGMA_MIN, centre_set, prior_sigma
+from ..pow2 import SIGMA_MAX, SIGMA_MIN, assign_centres, prior_sigma
 from ..pruning import parse_values
 from ..quantized import QuantizedModel
 from .base import Method
@@ -57,14 +57,11 @@ __all__ = [
     "PWFN_PRESETS",
     "parse_schedule",
     "check_epochs",
-    "assign_centres",
     "join_sigma",
-    "Assignment",
 ]
 
 PAPER_SCHEDULE = "0.2,0.4,0.6,0.7,0.8,0.9,0.95,0.975,0.99,1.0"
 SIGMA_JOINS = ("std_mu", "allow_retraining", "divide_by_10", "mean_sigma")
-DISTANCE_FLOOR = 2.0**-20  # sigma floor of the distance |c - mu| / sigma (reference code)
 FLAT_SIGMA = 1e-4  # the reference's sigma without --prior
 
 
@@ -187,7 +184,7 @@ def check_epochs(config: PWFNConfig, train: TrainConfig) -> None:
         )
 
 
-# --- one fixing round --------------------------------------------------------------------------
+# --- joining the sigmas of a fixed group ------------------------------------------------------------
 
 
 def join_sigma(rule: str, mu: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
@@ -277,7 +274,8 @@ class ProbabilisticWeightFixing(Method):
                 eps = torch.randn_like(mu)
                 self._eps[full] = eps
                 self._saved[(id(module), pname)] = mu
-                # Reparameterisation w = mu + sigma * eps: gradients reach mu and sigma (C.2).
+                # Reparameterisation w = mu + sigma * eps: gradients reach mu and sigma (C.2). Written into
+                # _parameters directly (as torch.func.functional_call swaps tensors) for this one forward.
                 module._parameters[pname] = mu + self.sigma[full] * eps
 
         return hook
@@ -351,14 +349,20 @@ class ProbabilisticWeightFixing(Method):
 
     @torch.no_grad()
     def fix_round(self, r: int) -> dict[str, Any]:
-        """Fix weights until the fraction ``schedule[r]`` of all covered weights is fixed."""
+        """Fix weights until the fraction ``schedule[r]`` of all covered weights is fixed; return its record.
+
+        The round works on all covered tensors at once: one network-wide centre set (C.1).
+        """
         names = list(self.covered)
         mu = torch.cat([self.covered[n].detach().reshape(-1) for n in names]).double()
         sigma = torch.cat([self.sigma[n].detach().reshape(-1) for n in names]).double()
         fixed = torch.cat([self.fixed[n].reshape(-1) for n in names])
         free = (~fixed).nonzero().reshape(-1)
         need = math.ceil(round(self.fractions[r] * mu.numel(), 6)) - int(fixed.sum())
-        a = assign_centres(mu[free], sigma[free], need, self.config)
+        c = self.config
+        a = assign_centres(
+            mu[free], sigma[free], need, b=c.b, max_terms=c.max_terms, delta=c.delta, inc=c.inc, zero_fix=c.zero_fix
+        )
         where = free[a.position]
         sigma[where] = join_sigma(self.config.sigma_join, mu[where], sigma[where], a.group)
         mu[where] = a.centre
