@@ -153,8 +153,12 @@ def test_learnable_pi0_gradient_matches_the_reference() -> None:
         assert torch.allclose(got, want, rtol=GRAD_RTOL, atol=GRAD_RTOL * float(want.abs().max()))
 
 
-def test_grid_is_the_default_kernel() -> None:
-    assert MixturePrior.from_weights([torch.randn(5)]).config.kernel == "grid"
+def test_prior_dispatches_to_the_grid_kernel() -> None:
+    torch.manual_seed(8)
+    weights = [torch.randn(3000) * 0.1]
+    prior = MixturePrior.from_weights(weights, num_components=5, kernel="grid")
+    exact = prior.complexity_loss(weights, mode="fast")
+    assert torch.allclose(prior.complexity_loss(weights), exact, rtol=1e-6)
 
 
 def test_adam_training_matches_the_exact_kernel() -> None:

@@ -65,16 +65,14 @@ def compress(
     pretrained = evaluate_model(model, data)
     torch.manual_seed(train_cfg.seed)
     hooks = build_method(method, model, method_cfg, len(data.train))
-    check_train = getattr(hooks, "check_train", None)  # a method whose schedule fixes the epochs says so here
-    if check_train is not None:
-        check_train(train_cfg)
+    hooks.check_train(train_cfg)  # e.g. a schedule of rounds that fixes the number of epochs
     # Only now, with every setting checked, does the run directory come to exist.
     run = RunDir.open(out) if resume else RunDir.create(out, config)
     if not resume:
         save_tensors(run.file("model_init.safetensors"), pretrained_state)
     history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
     recorder = _FrameRecorder(run, hooks) if record_frames else None
-    result = fit(
+    fit(
         model,
         data,
         train_cfg,
@@ -92,7 +90,8 @@ def compress(
     retrained = evaluate_model(model, data)
     qmodel = hooks.finalize(model)
     qmodel.meta.update({"method": method, "model": source_run.config["train"]["model"]})
-    return finish(run, qmodel, data, errors={"pretrained": pretrained, "retrained": retrained}, history=result.history)
+    errors = {"pretrained": pretrained, "retrained": retrained}
+    return finish(run, qmodel, data, errors=errors, method_summary=hooks.summary())
 
 
 def finish(
@@ -101,7 +100,7 @@ def finish(
     data: DataBundle,
     *,
     errors: dict[str, dict[str, float]],
-    history: list[dict[str, Any]] | None = None,
+    method_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Quantized checkpoint -> model.wsz -> decode -> evaluate the decoded model -> report.json."""
     from .codec import load_compressed, save_compressed
@@ -114,6 +113,7 @@ def finish(
     net = decoded.load_into(build_model(model_name, data.num_classes))
     errors = {**errors, "decoded": evaluate_model(net, data)}
     report = build_report(run, qmodel, decoded, nbytes=nbytes, errors=errors)
+    report["method_summary"] = method_summary or {}
     write_report(run, report)
     return report
 

@@ -36,6 +36,7 @@ weight is not finite, the exact kernel is used for that step.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ __all__ = ["mixture_nll_grid", "CELLS_PER_SIGMA", "GRID_TOL", "MAX_CELLS", "DEFA
 CELLS_PER_SIGMA = 16.0
 GRID_TOL = 1e-6
 MAX_CELLS = 1 << 17
-DEFAULT_CHUNK = 131072
+DEFAULT_CHUNK = 1 << 19
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _EXACT_CHUNK = 8192
 _WORKSPACES: dict[tuple[int, int, torch.dtype], list[torch.Tensor]] = {}
@@ -110,7 +111,7 @@ def _exact_subset(
 
 
 def _workspace(n: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Reused per-chunk buffers: t/u, tmp, u^m, ones (``dtype``) and j (int64).
+    """Reused per-chunk buffers: t/u, tmp, u^m, ones (``dtype``), j (int64), packed weights (``dtype``).
 
     A fresh output above glibc's mmap threshold is page-faulted on every step (~0.4 ms per MB,
     measured), more than the arithmetic; cf. the workspace of :mod:`weightshare.mixture_kernel`.
@@ -121,7 +122,7 @@ def _workspace(n: int, dtype: torch.dtype) -> list[torch.Tensor]:
         if len(_WORKSPACES) >= 4:  # bounded when shapes keep changing
             _WORKSPACES.clear()
         bufs = [torch.empty(n, dtype=dtype) for _ in range(3)] + [torch.ones(n, dtype=dtype)]
-        bufs.append(torch.empty(n, dtype=torch.int64))
+        bufs += [torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=dtype)]
         _WORKSPACES[key] = bufs
     return bufs
 
@@ -159,7 +160,7 @@ class _Grid:
     def chunk(self, w: torch.Tensor, grad: torch.Tensor | None, bufs: list[torch.Tensor]) -> None:
         """Interpolate f' into ``grad``, add the chunk's cell moments; weights in flagged cells exactly."""
         n = w.shape[0]
-        t, tmp, power, ones, j = (b[:n] for b in bufs)
+        t, tmp, power, ones, j = (b[:n] for b in bufs[:5])
         torch.sub(w, self.x0, out=t).mul_(1.0 / self.delta)  # cell position, >= 1 by the padding
         j.copy_(t)  # truncation = floor as t > 0
         u = t.frac_()
@@ -216,17 +217,28 @@ class _GridNLL(torch.autograd.Function):
         k = params[0].shape[0]
         grid = _Grid(x0, delta, cells, params, tol, weights[0].dtype)
         bufs = _workspace(chunk, weights[0].dtype)
-        grads = []
-        for idx, weight in enumerate(weights):
-            flat = weight.detach().reshape(-1)
-            grad = torch.empty_like(flat) if ctx.needs_input_grad[8 + idx] else None
-            for start in range(0, flat.numel(), chunk):
-                sl = slice(start, start + chunk)
-                grid.chunk(flat[sl], grad[sl] if grad is not None else None, bufs)
-            grads.append(grad.view_as(weight) if grad is not None else None)
+        flats = [w.detach().reshape(-1) for w in weights]
+        ends = list(itertools.accumulate(f.numel() for f in flats))
+        grad_all = torch.empty(ends[-1], dtype=flats[0].dtype)  # one fresh output for every tensor
+        # Chunks are ranges of the concatenated weights: small tensors share a chunk (packed into a
+        # workspace buffer), so a step costs a fixed number of torch calls (~5 us each) per chunk,
+        # not per tensor.
+        for start in range(0, ends[-1], chunk):
+            stop = min(start + chunk, ends[-1])
+            pieces = []
+            for flat, end in zip(flats, ends, strict=True):
+                lo, hi = max(start, end - flat.numel()), min(stop, end)
+                if lo < hi:
+                    pieces.append(flat[lo - end + flat.numel() : hi - end + flat.numel()])
+            w = pieces[0] if len(pieces) == 1 else torch.cat(pieces, out=bufs[5][: stop - start])
+            grid.chunk(w, grad_all[start:stop], bufs)
+        grads = [
+            grad_all[end - f.numel() : end].view_as(wt) if ctx.needs_input_grad[8 + i] else None
+            for i, (f, end, wt) in enumerate(zip(flats, ends, weights, strict=True))
+        ]
         sums = grid.sums()
         ctx.param_grads = (sums[1 : 1 + k], sums[1 + k : 1 + 2 * k], sums[1 + 2 * k :])
-        ctx.weight_grads, ctx.applied = grads, None
+        ctx.weight_grads, ctx.grad_all, ctx.applied = grads, grad_all, None
         return sums[0].to(weights[0].dtype)
 
     @staticmethod
@@ -236,7 +248,8 @@ class _GridNLL(torch.autograd.Function):
         if ctx.applied is None and scale != 0.0:
             # Scale the stashed N-sized gradients in place: a fresh output costs page faults (see
             # _workspace). A second backward (retain_graph=True) rescales by the ratio.
-            wgrads = tuple(None if g is None else g.mul_(scale) for g in ctx.weight_grads)
+            ctx.grad_all.mul_(scale)  # one pass; the per-tensor gradients are views of it
+            wgrads = tuple(ctx.weight_grads)
             ctx.applied = scale
         else:
             ratio = scale / ctx.applied if ctx.applied else scale

@@ -154,8 +154,9 @@ def _train_epoch(model, data: DataBundle, cfg: TrainConfig, batch_size: int, met
         factor = lr_factor(cfg, epoch, step, steps)
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] * factor
-        task = F.cross_entropy(model(x), y)
-        penalty = method.penalty(model)
+        logits = model(x)
+        task = F.cross_entropy(logits, y)
+        penalty = _sum_terms(method.penalty(model), method.extra_loss(model, x, y, logits))
         loss = task if penalty is None else task + penalty
         if not torch.isfinite(loss):
             raise TrainingDiverged(_divergence_message(method, epoch, step, task, penalty))
@@ -173,9 +174,15 @@ def _train_epoch(model, data: DataBundle, cfg: TrainConfig, batch_size: int, met
     return {k: v / max(seen, 1) for k, v in totals.items()}
 
 
+def _sum_terms(*terms: torch.Tensor | None) -> torch.Tensor | None:
+    present = [t for t in terms if t is not None]
+    return sum(present[1:], present[0]) if present else None
+
+
 def _divergence_message(method: Method, epoch: int, step: int, task, penalty) -> str:
     hint = getattr(method, "divergence_hint", lambda: "")()
-    values = f"task loss {float(task):.4g}" + (f", penalty {float(penalty):.4g}" if penalty is not None else "")
+    values = f"task loss {float(task.detach()):.4g}"
+    values += f", penalty {float(penalty.detach()):.4g}" if penalty is not None else ""
     return (
         f"training diverged in epoch {epoch + 1}, batch {step + 1}: the loss is not finite ({values}). "
         f"{hint or 'Likely cause: a learning rate that is too high.'} The last good checkpoint is kept."

@@ -48,7 +48,7 @@ from ..knapsack import prune_to_budget
 from ..quantized import QuantizedModel
 from .admm_quant import MAX_BITS, quantization_projection, refine_codebook, zero_codebook, zero_quantize
 from .base import Method
-from .dc import _compact
+from .dc import compact_codebook
 
 __all__ = ["AdmmConfig", "ADMM", "ADMM_PRESETS", "model_size_budget", "distillation_loss"]
 
@@ -432,7 +432,7 @@ class ADMM(Method):
             else:
                 codebook = zero_codebook(p, self.bits[n], self.config.kmeans_iter)
                 index = zero_quantize(p, codebook)
-            codebook, index = _compact(codebook[1:], index)  # drop the centres no weight uses
+            codebook, index = compact_codebook(codebook[1:], index)  # drop the centres no weight uses
             codebooks.append(codebook)
             assignments[n] = index
             codebook_of[n] = i

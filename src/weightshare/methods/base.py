@@ -48,6 +48,19 @@ class Method:
         """A term added to the mean task loss of each mini-batch, or None."""
         return None
 
+    def extra_loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A batch-dependent term (e.g. knowledge distillation from the pretrained model), or None."""
+        return None
+
+    def check_train(self, train: Any) -> None:
+        """Refuse training settings the method cannot work with (e.g. epochs that miss its schedule)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific results for report.json (e.g. learned per-layer bit widths)."""
+        return {}
+
     def after_step(self, model: nn.Module) -> None:
         """Projections / masks applied after each optimizer step."""
 

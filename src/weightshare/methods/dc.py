@@ -324,7 +324,7 @@ class DeepCompression(Method):
             )
         codebooks, assignments, codebook_of = [], {}, {}
         for i, n in enumerate(self.covered):
-            codebook, index = _compact(self.centroids[n].detach(), self.index[n])
+            codebook, index = compact_codebook(self.centroids[n].detach(), self.index[n])
             codebooks.append(codebook)
             assignments[n] = index
             codebook_of[n] = i
@@ -332,7 +332,7 @@ class DeepCompression(Method):
         return QuantizedModel.from_assignments(state, assignments, codebooks, codebook_of)
 
 
-def _compact(centroids: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compact_codebook(centroids: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop centroids no weight uses (empty k-means clusters cost 32 bits each and encode nothing)."""
     used = torch.unique(index[index > 0])
     remap = torch.zeros(centroids.numel() + 1, dtype=torch.int64, device=index.device)
