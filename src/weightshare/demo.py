@@ -60,9 +60,13 @@ def run_demo(out: str | os.PathLike = "runs/demo", progress: bool = True) -> dic
 
 def _figures(run_dir: Path) -> None:
     try:
+        import matplotlib  # noqa: F401  (the optional 'plots' extra)
+
         from .plots import plot_run
     except ImportError as exc:  # matplotlib is the optional 'plots' extra
         print(f"[3/3] figures skipped: {exc} (pip install 'weightshare[plots]')")
         return
-    written = plot_run(run_dir)
+    from .plots import make_gif
+
+    written = [*plot_run(run_dir), make_gif(run_dir)]
     print(f"[3/3] figures written to {run_dir / 'figures'}: {', '.join(p.name for p in written)}")

@@ -16,7 +16,7 @@ Preset = dict[str, dict[str, Any]]
 # (the soft weight-sharing reference code); Adam with a cosine decay settles the error reliably.
 PRETRAIN_PRESETS: dict[str, Preset] = {
     "digits": {
-        "data": {"dataset": "digits", "batch_size": 64},
+        "data": {"dataset": "digits", "batch_size": 32},
         "train": {"model": "mlp", "epochs": 30, "lr": 2e-3, "lr_schedule": "cosine"},
     },
     "lenet300": {
