@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import setting
 from .coverage import covered_parameters
 from .mixture_grid import mixture_nll_grid
 from .mixture_kernel import mixture_nll, mixture_nll_naive
@@ -48,24 +49,26 @@ class MixtureConfig:
     ValueError: num_components must be >= 2 (the zero component plus at least one), got 1
     """
 
-    num_components: int = 17
-    pi0: float = 0.999
-    learn_pi0: bool = False
-    pi0_beta_a: float = 1000.0
-    pi0_beta_b: float = 2.0
-    init_means: str = "weights"
-    init_range_min: float = -0.6
-    init_range_max: float = 0.6
-    init_sigma: float = 0.25
-    hyperprior: bool = True
-    gamma_alpha: float = 250.0
-    gamma_beta: float = 0.1
-    gamma_alpha_zero: float = 5000.0
-    gamma_beta_zero: float = 2.0
+    num_components: int = setting(17, "mixture components J, the zero spike included")
+    pi0: float = setting(0.999, "mixing weight of the zero component (pruning spike)")
+    learn_pi0: bool = setting(False, "learn pi0 under a Beta(pi0_beta_a, pi0_beta_b) hyper-prior")
+    pi0_beta_a: float = setting(1000.0, "Beta hyper-prior on a learnable pi0: a")
+    pi0_beta_b: float = setting(2.0, "Beta hyper-prior on a learnable pi0: b")
+    init_means: str = setting("weights", "initial means: evenly over the pretrained weights' range, or a fixed range",
+                              choices=("weights", "fixed"))
+    init_range_min: float = setting(-0.6, "init_means=fixed: lowest initial mean (tutorial: -0.6)")
+    init_range_max: float = setting(0.6, "init_means=fixed: highest initial mean (tutorial: 0.6)")
+    init_sigma: float = setting(0.25, "initial standard deviation of every component")
+    hyperprior: bool = setting(True, "Gamma hyper-priors on the precisions (off: the paper's first experiment)")
+    gamma_alpha: float = setting(250.0, "Gamma hyper-prior shape, non-zero components")
+    gamma_beta: float = setting(0.1, "Gamma hyper-prior rate, non-zero components")
+    gamma_alpha_zero: float = setting(5000.0, "Gamma hyper-prior shape, zero component")
+    gamma_beta_zero: float = setting(2.0, "Gamma hyper-prior rate, zero component")
     # "grid" (default): tabulated kernel, ~1.8x faster than "fast" on LeNet-300-100, error <= 1e-6 per
     # weight in natural units, as accurate as the exact float32 kernel (mixture_grid, tested against a
     # float64 reference); "fast": the exact chunked kernel; "naive": autograd logsumexp (the reference).
-    kernel: str = "grid"
+    kernel: str = setting("grid", "complexity-loss kernel: grid (tabulated, default), fast (exact), naive",
+                          choices=("grid", "fast", "naive"))
 
     def validate(self) -> MixtureConfig:
         """Raise ``ValueError`` naming the first bad setting and its allowed range."""
@@ -172,7 +175,7 @@ class MixturePrior(nn.Module):
     >>> prior = MixturePrior([torch.linspace(-0.5, 0.5, 101)], MixtureConfig(num_components=5))
     >>> [round(m, 4) for m in prior.all_means().tolist()]
     [0.0, -0.5, -0.1667, 0.1667, 0.5]
-    >>> round(float(prior.pis().sum()), 6)
+    >>> round(float(prior.pis().sum().detach()), 6)
     1.0
     >>> prior.complexity_loss([torch.zeros(3)]).shape
     torch.Size([])
