@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from .codec_report import InspectReport, TensorRow, file_rates, format_inspect, 
 from .container import DENSE, MAX_CODEBOOK, MAX_ELEMENTS, SPARSE, DenseEntry, Header, QuantEntry, parse_header
 from .container import write_file as _write_file
 from .quantized import QuantizedModel, QuantizedTensor
+from .rundir import atomic_write_bytes
 
 __all__ = [
     "FormatError",
@@ -178,17 +178,7 @@ def decode(data: bytes) -> QuantizedModel:
 def save_compressed(qmodel: QuantizedModel, path: str | os.PathLike, *, float16: bool = False) -> int:
     """Write the ``.wsz`` file atomically (temp file + ``os.replace``); returns the bytes written."""
     data = encode(qmodel, float16=float16)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return len(data)
 
 
