@@ -40,8 +40,9 @@ def _pretrained(state):
 
 
 def _sgd(epochs, **kw):
-    return TrainConfig(epochs=epochs, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
-                       lr_schedule="cosine", **kw)
+    return TrainConfig(
+        epochs=epochs, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine", **kw
+    )
 
 
 def _weights(model):
@@ -221,8 +222,17 @@ def test_resume_equals_uninterrupted(pretrained_state, digits, tmp_path, stop_af
         model = _pretrained(pretrained_state)
         admm = ADMM(model, cfg)
         admm.check_train(train)
-        fit(model, data, train, method=admm, run=RunDir.open(path) if resume else RunDir.create(path, {}),
-            resume=resume, batch_size=32, progress=False, on_epoch=on_epoch)
+        fit(
+            model,
+            data,
+            train,
+            method=admm,
+            run=RunDir.open(path) if resume else RunDir.create(path, {}),
+            resume=resume,
+            batch_size=32,
+            progress=False,
+            on_epoch=on_epoch,
+        )
         return model, admm
 
     whole, whole_admm = run(tmp_path / "a")
@@ -274,7 +284,12 @@ def test_presets_are_valid_and_lenet5_is_the_reference_recipe():
     lenet5 = ADMM_PRESETS["lenet5"]
     assert lenet5["admm"] == {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True}
     assert {k: lenet5["train"][k] for k in ("lr", "momentum", "weight_decay", "warmup_epochs", "epochs")} == {
-        "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10, "epochs": 120}
+        "lr": 0.1,
+        "momentum": 0.93,
+        "weight_decay": 5e-4,
+        "warmup_epochs": 10,
+        "epochs": 120,
+    }
     numels = [500, 25000, 400000, 5000]  # LeNet-5-Caffe: 1975x values-only target (REFERENCES B.4)
     assert 32 * sum(numels) / model_size_budget(numels, 0.0054, 3) == pytest.approx(1975, rel=0.01)
 
@@ -291,8 +306,23 @@ def pretrained_run(tmp_path_factory):
 
 def test_cli_compress_admm_end_to_end(pretrained_run, tmp_path, capsys):
     out = tmp_path / "admm"
-    assert main(["compress", "--method", "admm", "--from", str(pretrained_run), "--out", str(out), "--preset",
-                 "digits", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "--method",
+                "admm",
+                "--from",
+                str(pretrained_run),
+                "--out",
+                str(out),
+                "--preset",
+                "digits",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     report = json.loads((out / "report.json").read_text())
     assert (out / "model.wsz").is_file() and report["file"]["bytes"] == (out / "model.wsz").stat().st_size
@@ -308,8 +338,22 @@ def test_cli_compress_admm_end_to_end(pretrained_run, tmp_path, capsys):
 
 
 def test_cli_refuses_a_bad_budget(pretrained_run, tmp_path, capsys):
-    args = ["compress", "--method", "admm", "--from", str(pretrained_run), "--out", str(tmp_path / "x"),
-            "--preset", "digits", "--bit-budget", "2", "--bwlb", "3", "--quiet"]
+    args = [
+        "compress",
+        "--method",
+        "admm",
+        "--from",
+        str(pretrained_run),
+        "--out",
+        str(tmp_path / "x"),
+        "--preset",
+        "digits",
+        "--bit-budget",
+        "2",
+        "--bwlb",
+        "3",
+        "--quiet",
+    ]
     assert main(args) == 2
     assert "setting 'bwlb' is 3" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

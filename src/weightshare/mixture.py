@@ -54,8 +54,11 @@ class MixtureConfig:
     learn_pi0: bool = setting(False, "learn pi0 under a Beta(pi0_beta_a, pi0_beta_b) hyper-prior")
     pi0_beta_a: float = setting(1000.0, "Beta hyper-prior on a learnable pi0: a")
     pi0_beta_b: float = setting(2.0, "Beta hyper-prior on a learnable pi0: b")
-    init_means: str = setting("weights", "initial means: evenly over the pretrained weights' range, or a fixed range",
-                              choices=("weights", "fixed"))
+    init_means: str = setting(
+        "weights",
+        "initial means: evenly over the pretrained weights' range, or a fixed range",
+        choices=("weights", "fixed"),
+    )
     init_range_min: float = setting(-0.6, "init_means=fixed: lowest initial mean (tutorial: -0.6)")
     init_range_max: float = setting(0.6, "init_means=fixed: highest initial mean (tutorial: 0.6)")
     init_sigma: float = setting(0.25, "initial standard deviation of every component")
@@ -67,8 +70,11 @@ class MixtureConfig:
     # "grid" (default): tabulated kernel, ~1.8x faster than "fast" on LeNet-300-100, error <= 1e-6 per
     # weight in natural units, as accurate as the exact float32 kernel (mixture_grid, tested against a
     # float64 reference); "fast": the exact chunked kernel; "naive": autograd logsumexp (the reference).
-    kernel: str = setting("grid", "complexity-loss kernel: grid (tabulated, default), fast (exact), naive",
-                          choices=("grid", "fast", "naive"))
+    kernel: str = setting(
+        "grid",
+        "complexity-loss kernel: grid (tabulated, default), fast (exact), naive",
+        choices=("grid", "fast", "naive"),
+    )
 
     def validate(self) -> MixtureConfig:
         """Raise ``ValueError`` naming the first bad setting and its allowed range."""

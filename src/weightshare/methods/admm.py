@@ -319,8 +319,10 @@ class ADMM(Method):
         if self._lr_group is not None:
             self._bind_hook.remove()
         if self.config.finetune_epochs and self.total_epochs is None:
-            raise RuntimeError("ADMM fine-tuning needs the number of training epochs: call "
-                               "method.check_train(train_config) before training")
+            raise RuntimeError(
+                "ADMM fine-tuning needs the number of training epochs: call "
+                "method.check_train(train_config) before training"
+            )
         self._batch += 1
         if self.finetune is not None:
             self._finetune_step()
@@ -330,8 +332,10 @@ class ADMM(Method):
             beta = self.current_lr() * c.rho
             for n, p in self.covered.items():
                 p.add_(self.dup[n] - self.dual[n], alpha=beta).div_(1.0 + beta)
-        self._done_at_batch = (bool(c.projint) and self._batch % c.projint == 0,
-                               bool(c.dualint) and self._batch % c.dualint == 0)
+        self._done_at_batch = (
+            bool(c.projint) and self._batch % c.projint == 0,
+            bool(c.dualint) and self._batch % c.dualint == 0,
+        )
         if self._done_at_batch[0]:
             self._sparse_projection(self.budget)
         if self._done_at_batch[1]:
