@@ -78,7 +78,9 @@ SWS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # tau swept over {5e-3, 1e-2, 2e-2} on LeNet-300-100 (benchmarks/RESULTS.md): only 2e-2 reaches the paper's
     # <= 5% non-zero (the paper's own first LeNet-300 run had no hyper-priors, which prunes harder).
-    "lenet300": {"train": {"epochs": 100}, "sws": {"tau": 2e-2}},
+    # A cosine decay of every learning rate lets the weights settle on their components before the hard
+    # assignment (decoded error 1.88% vs 2.03% with a constant rate, same sparsity).
+    "lenet300": {"train": {"epochs": 100, "lr_schedule": "cosine"}, "sws": {"tau": 2e-2}},
     "lenet5": {"train": {"epochs": 100}, "sws": {}},
     "wrn16_4": {
         "train": {"epochs": 40},
