@@ -31,3 +31,47 @@ def digits():
     from weightshare.data import load_data
 
     return load_data(DataConfig(dataset="digits"))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.fixture
+def resume_check(tmp_path):
+    """Train once uninterrupted and once interrupted after epoch ``stop_epoch`` (0-based) then resumed
+    with fresh objects (as a new process would); assert bit-equal weights; return both (model, method)."""
+    from weightshare.rundir import RunDir
+    from weightshare.train import fit
+
+    def check(make, data, train, stop_epoch, batch_size=32):
+        def run(path, resume=False, on_epoch=None):
+            model, method = make()
+            run_dir = RunDir.open(path) if resume else RunDir.create(path, {})
+            fit(
+                model,
+                data,
+                train,
+                method=method,
+                run=run_dir,
+                resume=resume,
+                batch_size=batch_size,
+                progress=False,
+                on_epoch=on_epoch,
+            )
+            return model, method
+
+        def stop(epoch, model):
+            if epoch == stop_epoch:
+                raise _Interrupt
+
+        whole = run(tmp_path / "whole")
+        with pytest.raises(_Interrupt):
+            run(tmp_path / "interrupted", on_epoch=stop)
+        torch.manual_seed(123)  # a fresh process: another RNG state
+        resumed = run(tmp_path / "interrupted", resume=True)
+        for (name, a), b in zip(whole[0].state_dict().items(), resumed[0].state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+        return whole, resumed
+
+    return check

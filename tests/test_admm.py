@@ -13,12 +13,7 @@ from weightshare.methods import METHODS
 from weightshare.methods.admm import ADMM, ADMM_PRESETS, AdmmConfig, distillation_loss, model_size_budget
 from weightshare.methods.admm_quant import quantization_projection
 from weightshare.models import build_model
-from weightshare.rundir import RunDir
 from weightshare.train import fit
-
-
-class _Interrupt(Exception):
-    pass
 
 
 def _small(digits, n=256):
@@ -214,39 +209,17 @@ def test_finetuning_needs_the_training_length(pretrained_state):
 
 
 @pytest.mark.parametrize("stop_after", [0, 3])  # in the ADMM phase (epochs 1-3), in the fine-tuning phase (4-5)
-def test_resume_equals_uninterrupted(pretrained_state, digits, tmp_path, stop_after):
+def test_resume_equals_uninterrupted(pretrained_state, digits, resume_check, stop_after):
     cfg = AdmmConfig(nnz_budget=0.1, bit_budget=3, prox=True, projint=3, dualint=6, kd_temp=2.0, finetune_epochs=2)
     train, data = _sgd(5, warmup_epochs=1), _small(digits)
 
-    def run(path, resume=False, on_epoch=None):
+    def make():
         model = _pretrained(pretrained_state)
         admm = ADMM(model, cfg)
         admm.check_train(train)
-        fit(
-            model,
-            data,
-            train,
-            method=admm,
-            run=RunDir.open(path) if resume else RunDir.create(path, {}),
-            resume=resume,
-            batch_size=32,
-            progress=False,
-            on_epoch=on_epoch,
-        )
         return model, admm
 
-    whole, whole_admm = run(tmp_path / "a")
-
-    def stop(epoch, model):
-        if epoch == stop_after:
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        run(tmp_path / "b", on_epoch=stop)
-    torch.manual_seed(123)
-    second, second_admm = run(tmp_path / "b", resume=True)
-    for (name, a), b in zip(whole.state_dict().items(), second.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    (whole, whole_admm), (second, second_admm) = resume_check(make, data, train, stop_epoch=stop_after)
     assert whole_admm.bits == second_admm.bits
     qa, qb = whole_admm.finalize(whole), second_admm.finalize(second)
     assert all(torch.equal(qa.quantized[n].indices, qb.quantized[n].indices) for n in qa.quantized)

@@ -13,7 +13,6 @@ from weightshare.methods import METHODS
 from weightshare.methods.dc import DC_PRESETS, DCConfig, DeepCompression, check_epochs, layer_bits, quantize_layer
 from weightshare.models import build_model
 from weightshare.pruning import kept_schedule, magnitude_mask
-from weightshare.rundir import RunDir
 from weightshare.train import fit
 
 
@@ -222,43 +221,15 @@ def test_presets_match_the_paper_and_their_epochs():
 # --- resume and the command line -----------------------------------------------------------------------
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("stop_after", [1, 3])  # in the pruning phase / in the fine-tuning phase
-def test_resume_equals_uninterrupted(digits, tmp_path, stop_after):
+def test_resume_equals_uninterrupted(digits, resume_check, stop_after):
     cfg = DCConfig(kept="0.3", prune_rounds=2, prune_epochs=1, quant_epochs=3, bits_fc=3, lr_centroids=1e-3)
     train = TrainConfig(epochs=cfg.total_epochs, lr=2e-3, weight_decay=1e-4)
     data = _small(digits)
 
-    whole = _mlp()
-    dc = DeepCompression(whole, cfg)
-    fit(whole, data, train, method=dc, run=RunDir.create(tmp_path / "a", {}), batch_size=32, progress=False)
-
-    def interrupt(epoch, model):
-        if epoch + 1 == stop_after:
-            raise _Interrupt
-
-    first = _mlp()
-    run_b = RunDir.create(tmp_path / "b", {})
-    with pytest.raises(_Interrupt):
-        fit(
-            first,
-            data,
-            train,
-            method=DeepCompression(first, cfg),
-            run=run_b,
-            batch_size=32,
-            progress=False,
-            on_epoch=interrupt,
-        )
-    torch.manual_seed(123)
-    second = _mlp()  # a fresh process: the pretrained model again, a fresh method
-    dc2 = DeepCompression(second, cfg)
-    fit(second, data, train, method=dc2, run=run_b, resume=True, batch_size=32, progress=False)
-    for (name, a), b in zip(whole.state_dict().items(), second.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    (whole, dc), (second, dc2) = resume_check(
+        lambda: (m := _mlp(), DeepCompression(m, cfg)), data, train, stop_epoch=stop_after - 1
+    )
     qa, qb = dc.finalize(whole), dc2.finalize(second)
     assert all(torch.equal(a, b) for a, b in zip(qa.codebooks, qb.codebooks, strict=True))
 

@@ -18,7 +18,6 @@ from weightshare.methods.pwfn import (
 from weightshare.models import build_model
 from weightshare.pow2 import SIGMA_MAX, prior_sigma
 from weightshare.quantized import load_quantized
-from weightshare.rundir import RunDir
 from weightshare.train import fit
 
 
@@ -214,41 +213,13 @@ def test_bad_settings_name_the_setting(changes, message):
 # --- resume and the command line -------------------------------------------------------------------------
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def test_resume_equals_uninterrupted(digits, tmp_path):
+def test_resume_equals_uninterrupted(digits, resume_check):
     cfg = PWFNConfig(schedule="0.4,0.8,1", first_epochs=1, rest_epochs=1, reg=0.1, lr_sigma=1e-2)
     train = TrainConfig(epochs=cfg.total_epochs, lr=1e-2, optimizer="sgd", weight_decay=1e-4)
     data = _small(digits)
-    whole = _mlp()
-    pw = ProbabilisticWeightFixing(whole, cfg)
-    fit(whole, data, train, method=pw, run=RunDir.create(tmp_path / "a", {}), batch_size=32, progress=False)
-
-    def interrupt(epoch, model):
-        if epoch == 1:
-            raise _Interrupt
-
-    first = _mlp()
-    run_b = RunDir.create(tmp_path / "b", {})
-    with pytest.raises(_Interrupt):
-        fit(
-            first,
-            data,
-            train,
-            method=ProbabilisticWeightFixing(first, cfg),
-            run=run_b,
-            batch_size=32,
-            progress=False,
-            on_epoch=interrupt,
-        )
-    torch.manual_seed(123)
-    second = _mlp()  # a fresh process: the pretrained model again, a fresh method
-    pw2 = ProbabilisticWeightFixing(second, cfg)
-    fit(second, data, train, method=pw2, run=run_b, resume=True, batch_size=32, progress=False)
-    for (name, a), b in zip(whole.state_dict().items(), second.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    (whole, pw), (second, pw2) = resume_check(
+        lambda: (m := _mlp(), ProbabilisticWeightFixing(m, cfg)), data, train, stop_epoch=1
+    )
     assert pw2.rounds == pw.rounds and pw2.epochs_done == pw.epochs_done == 3
     for name in pw.covered:
         assert torch.equal(pw.sigma[name], pw2.sigma[name]) and torch.equal(pw.fixed[name], pw2.fixed[name])
