@@ -75,3 +75,25 @@ def resume_check(tmp_path):
         return whole, resumed
 
     return check
+
+
+@pytest.fixture
+def cli_compress(capsys):
+    """``weightshare compress --method M --from SOURCE --out OUT --preset digits``; checks the run wrote
+    model.wsz and that ``weightshare evaluate model.wsz`` prints the decoded error of report.json."""
+    import json
+
+    from weightshare.cli import main
+
+    def run(method, source, out):
+        assert main(["compress", "--method", method, "--from", str(source), "--out", str(out),
+                     "--preset", "digits", "--quiet"]) == 0  # fmt: skip
+        report = json.loads((out / "report.json").read_text())
+        assert report["method"] == method and report["decoded_equals_quantized"] is True
+        assert report["file"]["bytes"] == (out / "model.wsz").stat().st_size
+        capsys.readouterr()
+        assert main(["evaluate", str(out / "model.wsz")]) == 0
+        assert f"test error {report['errors']['decoded']['test_error']:.2f}%" in capsys.readouterr().out
+        return report
+
+    return run

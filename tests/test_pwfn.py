@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -234,37 +232,15 @@ def pretrained_digits(tmp_path_factory):
     return out
 
 
-def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, capsys):
+def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
     out = tmp_path / "B"
-    assert (
-        main(
-            [
-                "compress",
-                "--method",
-                "pwfn",
-                "--from",
-                str(pretrained_digits),
-                "--out",
-                str(out),
-                "--preset",
-                "digits",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    report = json.loads((out / "report.json").read_text())
-    assert (out / "model.wsz").is_file() and report["method"] == "pwfn"
-    assert report["decoded_equals_quantized"] is True
+    report = cli_compress("pwfn", pretrained_digits, out)
     assert report["errors"]["decoded"] == report["errors"]["retrained"]  # every weight was already on a centre
     assert report["coverage"]["dense"] == ["net.0.bias", "net.2.bias", "net.4.bias"]
     q = load_quantized(out / "quantized.safetensors")
     assert len(q.codebooks) == 1 and report["totals"]["unique_values"] == q.unique_values()
     assert 2 < report["totals"]["unique_values"] < 64 and 0 < report["totals"]["entropy_bits_per_weight"] < 6
     assert report["errors"]["decoded"]["test_error"] < report["errors"]["pretrained"]["test_error"] + 3
-    capsys.readouterr()
-    assert main(["evaluate", str(out / "model.wsz")]) == 0
-    assert f"test error {report['errors']['decoded']['test_error']:.2f}%" in capsys.readouterr().out
     metrics = (out / "metrics.csv").read_text().splitlines()
     assert "fixed_fraction" in metrics[0] and sum(line.startswith("retrain") for line in metrics) == 19
 
