@@ -22,9 +22,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..quantized import QuantizedModel
 
-__all__ = ["Method", "PlainTraining"]
+__all__ = ["Method", "PlainTraining", "require_epochs"]
+
+
+def require_epochs(epochs: int, needed: int, schedule: str, detail: str) -> None:
+    """Refuse train epochs that differ from what a method's schedule of rounds needs.
+
+    >>> require_epochs(6, 7, "the Deep Compression schedule", "2 x 3 + 1")
+    Traceback (most recent call last):
+    ...
+    weightshare.config.ConfigError: setting 'epochs' is 6 but the Deep Compression schedule needs 7 (2 x 3 + 1)
+    """
+    if epochs != needed:
+        raise ConfigError(f"setting 'epochs' is {epochs} but {schedule} needs {needed} ({detail})")
 
 
 class Method:

@@ -40,7 +40,7 @@ from ..coverage import covered_parameters
 from ..kmeans import INIT_METHODS, kmeans1d
 from ..pruning import kept_schedule, magnitude_mask, parse_values, per_layer, quality_schedule, threshold_mask
 from ..quantized import QuantizedModel
-from .base import Method
+from .base import Method, require_epochs
 
 __all__ = ["DCConfig", "DeepCompression", "DC_PRESETS", "quantize_layer", "layer_bits"]
 
@@ -350,9 +350,7 @@ def check_epochs(config: DCConfig, train: TrainConfig) -> None:
     ...
     weightshare.config.ConfigError: setting 'epochs' is 6 but the Deep Compression schedule needs 7 (...)
     """
-    if train.epochs != config.total_epochs:
-        raise ConfigError(
-            f"setting 'epochs' is {train.epochs} but the Deep Compression schedule needs {config.total_epochs} "
-            f"(prune_rounds {config.prune_rounds} x prune_epochs {config.prune_epochs} + quant_epochs "
-            f"{config.quant_epochs})"
-        )
+    detail = (
+        f"prune_rounds {config.prune_rounds} x prune_epochs {config.prune_epochs} + quant_epochs {config.quant_epochs}"
+    )
+    require_epochs(train.epochs, config.total_epochs, "the Deep Compression schedule", detail)

@@ -49,7 +49,7 @@ from ..coverage import covered_parameters
 from ..pow2 import SIGMA_MAX, SIGMA_MIN, assign_centres, prior_sigma
 from ..pruning import parse_values
 from ..quantized import QuantizedModel
-from .base import Method
+from .base import Method, require_epochs
 
 __all__ = [
     "PWFNConfig",
@@ -170,12 +170,8 @@ def check_epochs(config: PWFNConfig, train: TrainConfig) -> None:
     ...
     weightshare.config.ConfigError: setting 'epochs' is 5 but the PWFN fixing schedule needs 4 (...)
     """
-    if train.epochs != config.total_epochs:
-        raise ConfigError(
-            f"setting 'epochs' is {train.epochs} but the PWFN fixing schedule needs {config.total_epochs} "
-            f"(first_epochs {config.first_epochs} + ({len(config.fractions())} rounds - 1) x rest_epochs "
-            f"{config.rest_epochs})"
-        )
+    detail = f"first_epochs {config.first_epochs} + ({len(config.fractions())} rounds - 1) x rest_epochs"
+    require_epochs(train.epochs, config.total_epochs, "the PWFN fixing schedule", f"{detail} {config.rest_epochs}")
 
 
 # --- joining the sigmas of a fixed group ------------------------------------------------------------
