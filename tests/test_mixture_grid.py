@@ -1,4 +1,7 @@
-"""The grid (tabulated) complexity kernel against the float64 exact reference (error bound, fallbacks)."""
+"""The grid (tabulated) complexity kernel against the float64 exact reference (error bound, fallbacks).
+
+Every test runs twice: with the compiled kernel (mixture_grid_jit, numba) and with the torch one.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,21 @@ import torch
 
 from weightshare.mixture import MixturePrior
 from weightshare.mixture_grid import mixture_nll_grid
+from weightshare.mixture_grid_jit import jit_available
 from weightshare.mixture_kernel import mixture_nll, mixture_nll_naive
 
 K = 17
 # Tested bound (mixture_grid docstring): value to 1e-6 relative, every gradient entry to 1e-4 of
 # that gradient's largest entry -- the tolerance the exact float32 kernel is held to.
 VALUE_RTOL, GRAD_RTOL = 1e-6, 1e-4
+
+
+@pytest.fixture(autouse=True, params=["compiled", "torch"])
+def implementation(request, monkeypatch):
+    if request.param == "compiled" and not jit_available(torch.float32):
+        pytest.skip("numba is not installed")
+    monkeypatch.setenv("WEIGHTSHARE_JIT", "1" if request.param == "compiled" else "0")
+    return request.param
 
 
 def _value_and_grads(fn, weights, params, dtype, **kwargs):

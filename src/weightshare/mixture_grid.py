@@ -43,6 +43,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .mixture_grid_jit import CompiledGrid, jit_available
 from .mixture_kernel import mixture_nll
 
 __all__ = ["mixture_nll_grid", "CELLS_PER_SIGMA", "GRID_TOL", "MAX_CELLS", "DEFAULT_CHUNK"]
@@ -127,6 +128,47 @@ def _workspace(n: int, dtype: torch.dtype) -> list[torch.Tensor]:
     return bufs
 
 
+def _hermite(y0: torch.Tensor, y1: torch.Tensor, m0: torch.Tensor, m1: torch.Tensor) -> list[torch.Tensor]:
+    """Coefficients [c0, c1, c2, c3] in u of the cubic with values y and slopes m (per unit u) at both ends."""
+    return [y0, m0, 3.0 * (y1 - y0) - 2.0 * m0 - m1, 2.0 * (y0 - y1) + m0 + m1]
+
+
+def _torch_pass(
+    grid: _Grid,
+    flats: list[torch.Tensor],
+    ends: list[int],
+    grad_all: torch.Tensor,
+    chunk: int,
+    bufs: list[torch.Tensor],
+) -> None:
+    """The per-weight pass in torch ops. Chunks are ranges of the concatenated weights: small tensors
+    share a chunk (packed into a workspace buffer), so a step costs a fixed number of torch calls
+    (~5 us each) per chunk, not per tensor."""
+    for start in range(0, ends[-1], chunk):
+        stop = min(start + chunk, ends[-1])
+        pieces = []
+        for flat, end in zip(flats, ends, strict=True):
+            lo, hi = max(start, end - flat.numel()), min(stop, end)
+            if lo < hi:
+                pieces.append(flat[lo - end + flat.numel() : hi - end + flat.numel()])
+        w = pieces[0] if len(pieces) == 1 else torch.cat(pieces, out=bufs[5][: stop - start])
+        grid.chunk(w, grad_all[start:stop], bufs)
+
+
+def _compiled_sums(grid: CompiledGrid, flats: list[torch.Tensor], grad_all: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The sums of :meth:`_Grid.sums`, and f' into ``grad_all``, by the compiled kernel."""
+    flats = [f.contiguous() for f in flats]
+    for flat in flats:
+        grid.mark(flat)
+    grid.build()
+    start = 0
+    for flat in flats:
+        for lo in range(0, flat.numel(), chunk):  # chunks bound the scratch of left-over indices
+            grid.interpolate(flat[lo : lo + chunk], grad_all[start + lo : start + lo + chunk])
+        start += flat.numel()
+    return torch.from_numpy(grid.sums())
+
+
 class _Grid:
     """The node tables of one step, the per-chunk work against them and the final reduction."""
 
@@ -153,8 +195,7 @@ class _Grid:
         if not self.coef:
             y0, y1 = self.value[:-1, -1], self.value[1:, -1]
             m0, m1 = self.delta * self.slope[:-1, -1], self.delta * self.slope[1:, -1]
-            coef = [y0, m0, 3.0 * (y1 - y0) - 2.0 * m0 - m1, 2.0 * (y0 - y1) + m0 + m1]
-            self.coef = [c.to(dtype).contiguous() for c in coef]
+            self.coef = [c.to(dtype).contiguous() for c in _hermite(y0, y1, m0, m1)]
         return self.coef
 
     def chunk(self, w: torch.Tensor, grad: torch.Tensor | None, bufs: list[torch.Tensor]) -> None:
@@ -215,28 +256,21 @@ class _GridNLL(torch.autograd.Function):
     def forward(ctx, means, log_prec, log_pis, x0, delta, cells, tol, chunk, *weights):  # type: ignore[override]
         params = tuple(t.detach().double() for t in (means, log_prec, log_pis))
         k = params[0].shape[0]
-        grid = _Grid(x0, delta, cells, params, tol, weights[0].dtype)
-        bufs = _workspace(chunk, weights[0].dtype)
         flats = [w.detach().reshape(-1) for w in weights]
         ends = list(itertools.accumulate(f.numel() for f in flats))
         grad_all = torch.empty(ends[-1], dtype=flats[0].dtype)  # one fresh output for every tensor
-        # Chunks are ranges of the concatenated weights: small tensors share a chunk (packed into a
-        # workspace buffer), so a step costs a fixed number of torch calls (~5 us each) per chunk,
-        # not per tensor.
-        for start in range(0, ends[-1], chunk):
-            stop = min(start + chunk, ends[-1])
-            pieces = []
-            for flat, end in zip(flats, ends, strict=True):
-                lo, hi = max(start, end - flat.numel()), min(stop, end)
-                if lo < hi:
-                    pieces.append(flat[lo - end + flat.numel() : hi - end + flat.numel()])
-            w = pieces[0] if len(pieces) == 1 else torch.cat(pieces, out=bufs[5][: stop - start])
-            grid.chunk(w, grad_all[start:stop], bufs)
+        if jit_available(flats[0].dtype):
+            sums = _compiled_sums(
+                CompiledGrid(x0, delta, cells, tuple(p.numpy() for p in params), tol), flats, grad_all, chunk
+            )
+        else:
+            grid = _Grid(x0, delta, cells, params, tol, flats[0].dtype)
+            _torch_pass(grid, flats, ends, grad_all, chunk, _workspace(chunk, flats[0].dtype))
+            sums = grid.sums()
         grads = [
             grad_all[end - f.numel() : end].view_as(wt) if ctx.needs_input_grad[8 + i] else None
             for i, (f, end, wt) in enumerate(zip(flats, ends, weights, strict=True))
         ]
-        sums = grid.sums()
         ctx.param_grads = (sums[1 : 1 + k], sums[1 + k : 1 + 2 * k], sums[1 + 2 * k :])
         ctx.weight_grads, ctx.grad_all, ctx.applied = grads, grad_all, None
         return sums[0].to(weights[0].dtype)
