@@ -32,6 +32,11 @@ checks the result against the float64 exact reference.
 
 If G would exceed ``max_cells`` (a component absurdly narrow relative to the weight range) or a
 weight is not finite, the exact kernel is used for that step.
+
+Two implementations of steps 2-4: compiled loops over the occupied cells only
+(:mod:`weightshare.mixture_grid_jit`, numba; the default wherever numba runs) and the torch ops in
+this module (every cell; the fallback, and ``WEIGHTSHARE_JIT=0``). Both are held to the same
+float64 reference by the same tests.
 """
 
 from __future__ import annotations
