@@ -45,7 +45,8 @@ def test_only_the_nodes_of_occupied_cells_are_evaluated() -> None:
     assert cells > 7000 and occupied < 200
     runs = int(grid.occupied[0]) + int((grid.occupied[1:] & ~grid.occupied[:-1]).sum())
     assert grid.value.shape[0] <= occupied + 3 * runs  # each run of occupied cells adds <= 3 nodes
-    assert grid.interpolate(w, torch.empty_like(w)) == 0
+    alone = int((grid.counts == 1).sum())  # the tails: weights alone in their cell go to the exact kernel
+    assert grid.interpolate(w, torch.empty_like(w)) == alone < 100
     want = -torch.logsumexp(
         torch.from_numpy(lpi + 0.5 * lp - 0.5 * math.log(2 * math.pi))
         - 0.5 * torch.from_numpy(np.exp(lp)) * (w.double().unsqueeze(1) - torch.from_numpy(mu)) ** 2,
@@ -61,25 +62,26 @@ def _reference(w: torch.Tensor, mu, lp, lpi) -> tuple[float, torch.Tensor]:
     return float(value.detach()), ws[0].grad
 
 
-def test_weights_outside_the_grid_are_evaluated_exactly() -> None:
+def test_weights_outside_the_grid_or_alone_in_a_cell_are_evaluated_exactly() -> None:
     mu, lp, lpi = _params(sigma=0.1)
     grid = jit.CompiledGrid(-0.5, 1e-3, 1000, (mu, lp, lpi), 1e-6)
-    w = torch.tensor([0.0, -0.6, 0.7, 0.1], dtype=torch.float64)
+    # three weights in one cell (tabulated), one alone in its cell, two outside the grid
+    w = torch.tensor([0.0001, 0.0002, 0.0003, -0.6, 0.7, 0.1], dtype=torch.float64)
     grad = torch.empty_like(w)
     grid.mark(w)
     grid.build()
-    assert grid.interpolate(w, grad) == 2
+    assert jit.MIN_COUNT == 2 and grid.interpolate(w, grad) == 3
     value, want_grad = _reference(w, mu, lp, lpi)
-    assert abs(grid.sums()[0] - value) <= 4e-6
+    assert abs(grid.sums()[0] - value) <= 6e-6
     assert torch.allclose(grad, want_grad, rtol=1e-9, atol=1e-6)
 
 
 def test_a_nan_weight_makes_the_sum_nan() -> None:
     grid = jit.CompiledGrid(-0.5, 1e-3, 1000, _params(sigma=0.1), 1e-6)
-    w = torch.tensor([0.0, float("nan")])
+    w = torch.tensor([0.0, 0.0, float("nan")])
     grid.mark(w)
     grid.build()
-    assert grid.interpolate(w, torch.empty(2)) == 1
+    assert grid.interpolate(w, torch.empty(3)) == 1
     assert np.isnan(grid.sums()[0])
 
 
