@@ -200,3 +200,32 @@ def test_adam_training_matches_the_exact_kernel() -> None:
     for key in ("means", "sigmas", "pis"):
         a, b = torch.tensor(mix_grid[key]), torch.tensor(mix_exact[key])
         assert float((a - b).norm()) <= 1e-3 * float(b.norm()), key
+
+
+def test_reused_gradient_buffer_never_clobbers_a_live_result() -> None:
+    # The N-sized gradient output is reused from step to step (page faults, see _gradient_buffer).
+    gen = torch.Generator().manual_seed(9)
+    params = [p.float() for p in _mixture(0.05, 0.9)]
+    w = (0.2 * torch.randn(3000, generator=gen)).requires_grad_()
+    mixture_nll_grid([w], *params).backward()
+    first = w.grad
+    kept = first.clone()
+    w.grad = None
+    with torch.no_grad():
+        w.mul_(0.5)
+    mixture_nll_grid([w], *params).backward()  # the next step reuses the buffer
+    assert torch.equal(first, kept)  # .grad was a copy, not the buffer
+    single = w.grad.clone()
+    w.grad = None
+    (mixture_nll_grid([w], *params) + mixture_nll_grid([w], *params)).backward()  # two live graphs
+    assert torch.allclose(w.grad, 2.0 * single, rtol=1e-6)
+
+
+def test_a_stale_second_backward_is_refused() -> None:
+    params = [p.float() for p in _mixture(0.05, 0.9)]
+    w = (0.2 * torch.randn(3000)).requires_grad_()
+    old = mixture_nll_grid([w], *params)
+    old.backward(retain_graph=True)
+    mixture_nll_grid([w], *params).backward()  # a new step reuses the buffer
+    with pytest.raises(RuntimeError, match="evaluated again"):
+        old.backward()
