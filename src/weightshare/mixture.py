@@ -67,9 +67,10 @@ class MixtureConfig:
     gamma_beta: float = setting(0.1, "Gamma hyper-prior rate, non-zero components")
     gamma_alpha_zero: float = setting(5000.0, "Gamma hyper-prior shape, zero component")
     gamma_beta_zero: float = setting(2.0, "Gamma hyper-prior rate, zero component")
-    # "grid" (default): tabulated kernel, ~1.8x faster than "fast" on LeNet-300-100, error <= 1e-6 per
-    # weight in natural units, as accurate as the exact float32 kernel (mixture_grid, tested against a
-    # float64 reference); "fast": the exact chunked kernel; "naive": autograd logsumexp (the reference).
+    # "grid" (default): tabulated kernel, compiled where numba runs (mixture_grid_jit); a LeNet-300-100
+    # step takes about half as long as with "fast" (benchmarks/RESULTS.md); error <= 1e-6 per weight in
+    # natural units, as accurate as the exact float32 kernel (tested against a float64 reference);
+    # "fast": the exact chunked kernel; "naive": autograd logsumexp (the reference).
     kernel: str = setting(
         "grid",
         "complexity-loss kernel: grid (tabulated, default), fast (exact), naive",

@@ -11,7 +11,7 @@ LeNet-300-100 (266K weights, one thread; benchmarks/RESULTS.md):
 * Tables on the occupied cells only. A trained mixture has a narrow zero component (sigma ~ 0.004)
   while the weights span ~[-1, 1], so the grid has ~8,000 cells and the torch version builds
   (G+1) x (3K+2) float64 tables with ~30 ops over them: 40 ms a step, 10x the network's step,
-  although most cells hold no weight. Here one cheap pass marks the occupied cells first, and the
+  although most cells hold no weight. Here one cheap pass counts the weights per cell first, and the
   tables are evaluated only at the nodes those cells (and their error estimates) need.
 
 numba (a maintained JIT compiler for numeric Python) compiles on first use and caches the machine
@@ -294,6 +294,7 @@ class CompiledGrid:
     """One step of the grid kernel over 1-D contiguous CPU tensors: ``mark`` every tensor, ``build``,
     ``interpolate`` every tensor, then ``sums``. Weights in cells it cannot interpolate within the
     tolerance, or in cells holding fewer than ``MIN_COUNT`` weights, are evaluated exactly (float64).
+    Its tables live in per-thread scratch buffers: one grid at a time per thread.
 
     >>> w = torch.linspace(-0.3, 0.3, 1001)
     >>> mu, lp, lpi = np.array([0.0, 0.2]), np.full(2, 6.0), np.log([0.6, 0.4])
