@@ -97,3 +97,18 @@ def cli_compress(capsys):
         return report
 
     return run
+
+
+@pytest.fixture
+def cli_refuses(capsys):
+    """``weightshare compress --method M --from SOURCE --out OUT --preset digits *EXTRA`` must exit 2
+    before creating OUT; returns what it printed on stderr."""
+    from weightshare.cli import main
+
+    def run(method, source, out, *extra):
+        args = ["compress", "--method", method, "--from", str(source), "--out", str(out), "--preset", "digits"]
+        assert main([*args, *extra, "--quiet"]) == 2
+        assert not out.exists()
+        return capsys.readouterr().err
+
+    return run

@@ -250,21 +250,6 @@ def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
     assert "sparsity" in metrics[0] and sum(line.startswith("retrain") for line in metrics) == 12
 
 
-def test_cli_refuses_bad_settings(pretrained_digits, tmp_path, capsys):
-    code = main(
-        [
-            "compress",
-            "--method",
-            "dc",
-            "--from",
-            str(pretrained_digits),
-            "--out",
-            str(tmp_path / "C"),
-            "--preset",
-            "digits",
-            "--kept",
-            "0.5,1.5",
-            "--quiet",
-        ]
-    )
-    assert code == 2 and "setting 'kept': value 1.5 is outside (0.0, 1.0]" in capsys.readouterr().err
+def test_cli_refuses_bad_settings(pretrained_digits, tmp_path, cli_refuses):
+    err = cli_refuses("dc", pretrained_digits, tmp_path / "C", "--kept", "0.5,1.5")
+    assert "setting 'kept': value 1.5 is outside (0.0, 1.0]" in err

@@ -245,21 +245,6 @@ def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
     assert "fixed_fraction" in metrics[0] and sum(line.startswith("retrain") for line in metrics) == 19
 
 
-def test_cli_refuses_bad_settings(pretrained_digits, tmp_path, capsys):
-    code = main(
-        [
-            "compress",
-            "--method",
-            "pwfn",
-            "--from",
-            str(pretrained_digits),
-            "--out",
-            str(tmp_path / "C"),
-            "--preset",
-            "digits",
-            "--schedule",
-            "0.5,0.4,1",
-            "--quiet",
-        ]
-    )
-    assert code == 2 and "setting 'schedule' must be strictly increasing: 0.4 follows 0.5" in capsys.readouterr().err
+def test_cli_refuses_bad_settings(pretrained_digits, tmp_path, cli_refuses):
+    err = cli_refuses("pwfn", pretrained_digits, tmp_path / "C", "--schedule", "0.5,0.4,1")
+    assert "setting 'schedule' must be strictly increasing: 0.4 follows 0.5" in err
