@@ -334,9 +334,7 @@ class CompiledGrid:
     def interpolate(self, w: torch.Tensor, grad: torch.Tensor | None) -> int:
         """f'(w) into ``grad`` (same shape and dtype) and w's share of the sums; returns how many weights
         (in flagged or unmarked cells) were evaluated exactly instead."""
-        sel = getattr(_SCRATCH, "sel", None)
-        if sel is None or sel.shape[0] < w.numel():
-            sel = _SCRATCH.sel = np.empty(w.numel(), np.int64)
+        sel = _scratch("sel", (w.numel(),), np.int64)
         grad_np = np.empty(0, _as_numpy(w).dtype) if grad is None else _as_numpy(grad)
         args = (self.x0, self.inv_delta, self.slot, self.cell, grad_np, grad is not None)
         count = _weight_pass(_as_numpy(w), *args, sel)
