@@ -37,6 +37,8 @@ def test_compress_sws_end_to_end(pretrained, tmp_path, capsys):
     assert report["file"]["bytes"] == (out / "model.wsz").stat().st_size
     assert report["decoded_equals_quantized"] is True
     assert report["errors"]["pretrained"]["test_error"] < 10
+    removed = report["method_summary"]["dead_weights_removed"]  # remove_dead is on by default
+    assert set(removed) == {layer["name"] for layer in report["layers"]} and min(removed.values()) >= 0
     assert main(["evaluate", str(out / "model.wsz")]) == 0
     evaluated = capsys.readouterr().out
     assert f"test error {report['errors']['decoded']['test_error']:.2f}%" in evaluated
@@ -93,3 +95,19 @@ def test_bad_sws_settings(pretrained, tmp_path, capsys):
 def test_existing_output_is_refused(pretrained, capsys):
     assert main(["pretrain", "--preset", "digits", "--out", str(pretrained), "--quiet"]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_compress_val_size_zero_retrains_on_every_training_image(mnist_dir, tmp_path):
+    pre, out = tmp_path / "pre", tmp_path / "sws"
+    common = ["--data-dir", str(mnist_dir), "--epochs", "1", "--quiet"]
+    assert main(["pretrain", "--model", "lenet300", "--dataset", "mnist", "--out", str(pre), *common]) == 0
+    assert main(["compress", "--method", "sws", "--from", str(pre), "--out", str(out), "--val-size", "0", *common]) == 0
+    assert json.loads((pre / "config.json").read_text())["data"]["val_size"] == 5000
+    assert json.loads((out / "config.json").read_text())["data"]["val_size"] == 0
+    report = json.loads((out / "report.json").read_text())
+    # No validation split: its error is absent (null), never a made-up 0%.
+    assert report["errors"]["decoded"]["val_error"] is None and report["errors"]["retrained"]["val_error"] is None
+    assert 0 < report["errors"]["retrained"]["test_error"] < 20  # one epoch is too short to quantize well
+    last = (out / "metrics.csv").read_text().splitlines()[-1].split(",")
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert last[header.index("val_error")] == "nan"

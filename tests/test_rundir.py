@@ -51,3 +51,10 @@ def test_run_directory_files(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(RunDirError, match="broken.json is not valid JSON"):
         read_json(tmp_path / "broken.json")
+
+
+def test_write_json_writes_non_finite_floats_as_null(tmp_path):
+    write_json(tmp_path / "x.json", {"val_error": float("nan"), "rows": [1.5, float("inf")], "ok": 2.0})
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"val_error": None, "rows": [1.5, None], "ok": 2.0}

@@ -94,3 +94,8 @@ def test_existing_run_directory_is_not_overwritten(tmp_path):
     with pytest.raises(RunDirError, match="already exists and is not empty"):
         RunDir.create(tmp_path / "r", {"a": 2})
     assert RunDir.open(tmp_path / "r").config == {"a": 1}
+
+
+def test_an_empty_split_has_no_error_figure():
+    result = evaluate(torch.nn.Linear(2, 3), Split(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)))
+    assert math.isnan(result["error"]) and math.isnan(result["loss"])

@@ -12,6 +12,7 @@ from .compress import compress
 from .config import ConfigError, DataConfig, TrainConfig
 from .coverage import covered_parameters
 from .data import DataBundle, DataError, load_data
+from .deadweights import remove_dead_weights
 from .kmeans import kmeans1d
 from .methods import Method, SoftWeightSharing, SWSConfig
 from .mixture import MixtureConfig, MixturePrior
@@ -54,6 +55,7 @@ __all__ = [
     "load_quantized",
     "paper_style",
     "pretrain",
+    "remove_dead_weights",
     "save_compressed",
     "save_quantized",
     "values_only",

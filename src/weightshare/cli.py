@@ -129,6 +129,12 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--make-gif", action="store_true", help="record weights each epoch for the scatter animation")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--data-dir", help="data directory (default: the source run's)")
+    p.add_argument(
+        "--val-size",
+        type=int,
+        help="validation images carved from the training set (default: the source run's; 0 retrains on all "
+        "60k MNIST images, the papers' protocol)",
+    )
     cfgmod.add_arguments(p, TrainConfig, skip=("model",))
     seen: set[str] = set()
     for spec in METHODS.values():
@@ -147,14 +153,17 @@ def _compress(args: argparse.Namespace) -> int:
     source = RunDir.open(args.source).config
     preset = get_preset(spec.presets, args.preset or _infer_method_preset(spec, source), f"{args.method}")
     base = {"train": {"model": source["train"]["model"], "seed": source["train"]["seed"]}}
+    data_cfg = DataConfig(**source["data"])
     if args.resume:
         stored = RunDir.open(args.out).config
         train_cfg, method_cfg = TrainConfig(**stored["train"]), spec.config_class(**stored[spec.name])
+        data_cfg = DataConfig(**stored["data"])  # e.g. a --val-size given when the run started
     else:
         train_cfg, method_cfg = resolve_settings([TrainConfig, spec.config_class], args, preset, base)
-    data_cfg = DataConfig(**source["data"])
     if args.data_dir:
         data_cfg.data_dir = args.data_dir
+    if args.val_size is not None:
+        data_cfg.val_size = args.val_size
     report = compress(
         args.method,
         args.source,

@@ -15,6 +15,7 @@ import torch
 
 from .config import DataConfig, TrainConfig, validate
 from .data import DataBundle, load_data
+from .deadweights import remove_dead_weights
 from .methods import build_method, get_method
 from .models import build_model
 from .pipeline import evaluate_model, load_run_model, set_threads
@@ -88,10 +89,20 @@ def compress(
     _write_method_records(run, hooks)
     save_tensors(run.file("model_final.safetensors"), model.state_dict())
     retrained = evaluate_model(model, data)
-    qmodel = hooks.finalize(model)
+    qmodel, removed = _remove_dead(model, hooks.finalize(model), method_cfg, data)
     qmodel.meta.update({"method": method, "model": source_run.config["train"]["model"]})
     errors = {"pretrained": pretrained, "retrained": retrained}
-    return finish(run, qmodel, data, errors=errors, method_summary=hooks.summary())
+    summary = {**hooks.summary(), **({"dead_weights_removed": removed} if removed else {})}
+    return finish(run, qmodel, data, errors=errors, method_summary=summary)
+
+
+def _remove_dead(
+    model: torch.nn.Module, qmodel: QuantizedModel, method_cfg: Any, data: DataBundle
+) -> tuple[QuantizedModel, dict[str, int]]:
+    """The method's ``remove_dead`` setting: drop weights that never change the output (lossless)."""
+    if not getattr(method_cfg, "remove_dead", False):
+        return qmodel, {}
+    return remove_dead_weights(model, qmodel, data.train.x[:1])
 
 
 def finish(

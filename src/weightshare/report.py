@@ -140,4 +140,7 @@ def format_summary(report: dict[str, Any]) -> str:
         f"(weights only {s['cr_file_weights']:.1f}x)",
         f"paper-style estimate (Han et al. CSR + Huffman, weights): {s['cr_paper_style']:.1f}x",
     ]
+    removed = sum(report.get("method_summary", {}).get("dead_weights_removed", {}).values())
+    if removed:
+        lines.insert(2, f"({removed:,} weights that never change the output removed after quantization; lossless)")
     return "\n".join(lines)

@@ -61,8 +61,9 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         wrong += int((logits.argmax(1) != y).sum())
     model.train(was_training)
-    n = max(len(split), 1)
-    return {"error": 100.0 * wrong / n, "loss": loss_sum / n}
+    if len(split) == 0:  # e.g. --val-size 0: no validation split, so no figure (not a 0% error)
+        return {"error": math.nan, "loss": math.nan}
+    return {"error": 100.0 * wrong / len(split), "loss": loss_sum / len(split)}
 
 
 def build_optimizer(model: nn.Module, method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:

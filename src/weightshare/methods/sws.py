@@ -24,6 +24,10 @@ rates): weights 5e-4, means 1e-4, log-precisions 3e-3, mixing logits 3e-3.
 After retraining, :meth:`SoftWeightSharing.finalize` merges near-identical
 components (paper eq. 8) and sets each weight to the mean of its most
 responsible component (MAP, paper Alg. 1); component 0 becomes the exact zero.
+The prior prunes weights one at a time, so it leaves some that can never matter
+(e.g. fc2 weights reading fc1 units with no input left); ``remove_dead`` has the
+compression pipeline drop them, which leaves the network's function unchanged
+(:func:`weightshare.deadweights.remove_dead_weights`; not in the paper).
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ class SWSConfig(MixtureConfig):
         "map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)", choices=("map", "ml")
     )
     quant_skip_last: bool = setting(False, "leave the last covered layer dense (float32)")
+    remove_dead: bool = setting(
+        True, "after quantizing, remove weights that provably never change the output (lossless; deadweights.py)"
+    )
 
     def check(self) -> None:
         validate_mixture = getattr(super(), "validate", None)
