@@ -80,3 +80,14 @@ def test_bad_checkpoints_are_refused(tmp_path) -> None:
     save_file({"codebook.0": torch.zeros(1)}, str(newer), metadata=meta | {"quantized": "[]", "version": "2"})
     with pytest.raises(FormatError, match="checkpoint version '2'"):
         load_quantized(newer)
+
+
+def test_dense_tensors_do_not_follow_the_model_afterwards():
+    net = torch.nn.Linear(3, 2)
+    q = QuantizedModel.from_assignments(
+        net.state_dict(), {"weight": torch.zeros(2, 3, dtype=torch.long)}, [torch.tensor([0.0, 1.0])]
+    )
+    kept = q.dense["bias"].clone()
+    with torch.no_grad():
+        net.bias.add_(1.0)
+    assert torch.equal(q.dense["bias"], kept)

@@ -17,6 +17,7 @@ from .config import DataConfig, TrainConfig, validate
 from .data import DataBundle, load_data
 from .deadweights import remove_dead_weights
 from .methods import build_method, get_method
+from .methods.codebook_tuning import CodebookTuning
 from .models import build_model
 from .pipeline import evaluate_model, load_run_model, set_threads
 from .quantized import QuantizedModel
@@ -92,6 +93,9 @@ def compress(
     qmodel, removed = _remove_dead(model, hooks.finalize(model), method_cfg, data)
     qmodel.meta.update({"method": method, "model": source_run.config["train"]["model"]})
     errors = {"pretrained": pretrained, "retrained": retrained}
+    if getattr(method_cfg, "codebook_epochs", 0):
+        errors["snapped"] = evaluate_model(qmodel.load_into(model), data)
+        qmodel = _tune_codebooks(model, qmodel, method_cfg, train_cfg, data_cfg.batch_size, data, run, progress)
     summary = {**hooks.summary(), **({"dead_weights_removed": removed} if removed else {})}
     return finish(run, qmodel, data, errors=errors, method_summary=summary)
 
@@ -127,6 +131,32 @@ def finish(
     report["method_summary"] = method_summary or {}
     write_report(run, report)
     return report
+
+
+def _tune_codebooks(
+    model: torch.nn.Module,
+    qmodel: QuantizedModel,
+    method_cfg: Any,
+    train_cfg: TrainConfig,
+    batch_size: int,
+    data: DataBundle,
+    run: RunDir,
+    progress: bool,
+) -> QuantizedModel:
+    """Fine-tune the shared values and biases with the indices fixed (``codebook_epochs``, constant lr).
+
+    Short, so it keeps no checkpoint of its own: an interrupted run resumes from the retraining's.
+    """
+    tuning = CodebookTuning(model, qmodel, method_cfg.codebook_lr)
+    cfg = dataclasses.replace(
+        train_cfg, epochs=method_cfg.codebook_epochs, lr_schedule="none", warmup_epochs=0, optimizer="adam"
+    )
+    history = run.read_metrics()
+    rows = fit(
+        model, data, cfg, method=tuning, phase="codebook", batch_size=batch_size, progress=progress, history=history
+    )
+    run.write_metrics(rows.history)
+    return tuning.finalize(model)
 
 
 def _write_method_records(run: RunDir, method: Any) -> None:

@@ -84,7 +84,8 @@ class QuantizedModel:
                 raise ValueError(f"codebook {i}: values must be finite")
         for name, qt in self.quantized.items():
             self._check_tensor(name, qt)
-        self.dense = {k: torch.as_tensor(v).detach().cpu().float() for k, v in self.dense.items()}
+        # Own copies: a dense tensor taken from model.state_dict() would otherwise follow the model's training.
+        self.dense = {k: torch.as_tensor(v).detach().cpu().float().clone() for k, v in self.dense.items()}
         overlap = set(self.quantized) & set(self.dense)
         if overlap:
             raise ValueError(f"tensors both quantized and dense: {sorted(overlap)}")

@@ -67,6 +67,10 @@ class SWSConfig(MixtureConfig):
     remove_dead: bool = setting(
         True, "after quantizing, remove weights that provably never change the output (lossless; deadweights.py)"
     )
+    codebook_epochs: int = setting(
+        0, "after quantizing: epochs that train the shared values and biases, indices fixed (not in the paper)", ge=0
+    )
+    codebook_lr: float = setting(1e-4, "Adam learning rate of that fine-tuning (constant)", gt=0)
 
     def check(self) -> None:
         validate_mixture = getattr(super(), "validate", None)
