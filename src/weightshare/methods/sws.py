@@ -87,11 +87,12 @@ SWS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 150},
         "sws": {"tau": 3e-2, "pi0": 0.99, "lr_w": 1e-3, "lr_means": 1e-3, "lr_precisions": 1e-2, "lr_mixing": 1e-2},
     },
-    # tau swept over {5e-3, 1e-2, 2e-2} on LeNet-300-100 (benchmarks/RESULTS.md): only 2e-2 reaches the paper's
-    # <= 5% non-zero (the paper's own first LeNet-300 run had no hyper-priors, which prunes harder).
-    # A cosine decay of every learning rate lets the weights settle on their components before the hard
-    # assignment (decoded error 1.88% vs 2.03% with a constant rate, same sparsity).
-    "lenet300": {"train": {"epochs": 100, "lr_schedule": "cosine"}, "sws": {"tau": 2e-2}},
+    # tau swept over {5e-3, 1e-2, 2e-2} on LeNet-300-100 with the weights at 5e-4 (benchmarks/RESULTS.md): only
+    # 2e-2 reaches the paper's <= 5% non-zero, but decodes to 1.83-2.10% (six runs). With the weights at the
+    # pretraining rate (1e-3, paper Sec. 4.2, as for LeNet-5) the error drops (validation 2.10% vs 2.34%) and
+    # the sparsity with it (5.59% non-zero), so tau rises to 3e-2. A cosine decay of every learning rate lets
+    # the weights settle on their components before the hard assignment (1.88% vs 2.03% with a constant rate).
+    "lenet300": {"train": {"epochs": 100, "lr_schedule": "cosine"}, "sws": {"tau": 3e-2, "lr_w": 1e-3}},
     # The paper's tau = 0.05 and "weights at about the pretraining lr" (1e-3 here, Sec. 4.2) with the cosine decay
     # above; weights at 5e-4 gave 1.39%, at 2e-3 they leave the zero spike again (2% non-zero by epoch 24); a
     # linear tau warm-up stalls the pruning at ~2.8% non-zero (RESULTS.md). Snapping to the means costs ~0.1
