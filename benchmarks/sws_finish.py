@@ -19,9 +19,9 @@ import argparse
 
 import torch
 
-from weightshare import DataConfig, TrainConfig, build_model, fit, load_data, load_quantized, remove_dead_weights
+from weightshare import DataConfig, TrainConfig, build_model, load_data, load_quantized, remove_dead_weights
+from weightshare.compress import tune_codebooks
 from weightshare.config import validate
-from weightshare.methods.codebook_tuning import CodebookTuning
 from weightshare.pipeline import evaluate_model
 from weightshare.rundir import RunDir, write_json
 
@@ -44,12 +44,10 @@ def finish(run_dir: str, lrs: list[float], epochs: int, data_dir: str | None) ->
         "tuning": {},
     }
     for lr in lrs:
-        model = build_model(model_name, data.num_classes)
-        tuning = CodebookTuning(model, cleaned, lr)
-        cfg = TrainConfig(epochs=epochs, lr=lr, lr_schedule="none", seed=config["train"]["seed"])
-        rows = fit(model, data, cfg, method=tuning, phase="codebook", batch_size=data_cfg.batch_size, progress=False)
+        model, train_cfg = build_model(model_name, data.num_classes), TrainConfig(**config["train"])
+        _, rows = tune_codebooks(model, cleaned, data, train_cfg, epochs=epochs, lr=lr, batch_size=data_cfg.batch_size)
         result["tuning"][str(lr)] = [
-            {"epoch": r["epoch"], "val": r["val_error"], "test": r["test_error"]} for r in rows.history
+            {"epoch": r["epoch"], "val": r["val_error"], "test": r["test_error"]} for r in rows
         ]
     return result
 

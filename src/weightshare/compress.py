@@ -25,7 +25,7 @@ from .report import build_report, write_report
 from .rundir import RunDir, save_tensors, write_json
 from .train import fit
 
-__all__ = ["compress", "finish"]
+__all__ = ["compress", "finish", "tune_codebooks"]
 
 
 def compress(
@@ -95,7 +95,12 @@ def compress(
     errors = {"pretrained": pretrained, "retrained": retrained}
     if getattr(method_cfg, "codebook_epochs", 0):
         errors["snapped"] = evaluate_model(qmodel.load_into(model), data)
-        qmodel = _tune_codebooks(model, qmodel, method_cfg, train_cfg, data_cfg.batch_size, data, run, progress)
+        # Short, so it keeps no checkpoint of its own: an interrupted run resumes from the retraining's.
+        qmodel, rows = tune_codebooks(
+            model, qmodel, data, train_cfg, epochs=method_cfg.codebook_epochs, lr=method_cfg.codebook_lr,
+            batch_size=data_cfg.batch_size, progress=progress, history=run.read_metrics(),
+        )  # fmt: skip
+        run.write_metrics(rows)
     summary = {**hooks.summary(), **({"dead_weights_removed": removed} if removed else {})}
     return finish(run, qmodel, data, errors=errors, method_summary=summary)
 
@@ -133,30 +138,28 @@ def finish(
     return report
 
 
-def _tune_codebooks(
+def tune_codebooks(
     model: torch.nn.Module,
     qmodel: QuantizedModel,
-    method_cfg: Any,
-    train_cfg: TrainConfig,
-    batch_size: int,
     data: DataBundle,
-    run: RunDir,
-    progress: bool,
-) -> QuantizedModel:
-    """Fine-tune the shared values and biases with the indices fixed (``codebook_epochs``, constant lr).
+    train_cfg: TrainConfig,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 128,
+    progress: bool = False,
+    history: list[dict[str, Any]] | None = None,
+) -> tuple[QuantizedModel, list[dict[str, Any]]]:
+    """Fine-tune ``qmodel``'s shared values and dense tensors inside ``model``, indices fixed.
 
-    Short, so it keeps no checkpoint of its own: an interrupted run resumes from the retraining's.
+    Adam at a constant ``lr`` for ``epochs`` epochs, with ``train_cfg``'s seed (the batches) and
+    evaluation settings; returns the tuned model and the metrics rows (``history`` kept in front).
     """
-    tuning = CodebookTuning(model, qmodel, method_cfg.codebook_lr)
-    cfg = dataclasses.replace(
-        train_cfg, epochs=method_cfg.codebook_epochs, lr_schedule="none", warmup_epochs=0, optimizer="adam"
-    )
-    history = run.read_metrics()
-    rows = fit(
-        model, data, cfg, method=tuning, phase="codebook", batch_size=batch_size, progress=progress, history=history
-    )
-    run.write_metrics(rows.history)
-    return tuning.finalize(model)
+    tuning = CodebookTuning(model, qmodel, lr)
+    cfg = dataclasses.replace(train_cfg, epochs=epochs, lr_schedule="none", warmup_epochs=0, optimizer="adam")
+    result = fit(model, data, cfg, method=tuning, phase="codebook", batch_size=batch_size, progress=progress,
+                 history=history)  # fmt: skip
+    return tuning.finalize(model), result.history
 
 
 def _write_method_records(run: RunDir, method: Any) -> None:
