@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from weightshare.codec import decode, encode, file_rates, format_inspect, inspect
-from weightshare.quantized import QuantizedModel, QuantizedTensor, load_quantized
+from weightshare.core.quantized import QuantizedModel, QuantizedTensor, load_quantized
 
 SHAPES = {
     "lenet300": {"fc1": (300, 784), "fc2": (100, 300), "fc3": (10, 100)},
@@ -147,7 +147,7 @@ def print_summary(name: str, res: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--qmodel", help="a quantized checkpoint written by weightshare.quantized.save_quantized")
+    src.add_argument("--qmodel", help="a quantized checkpoint written by weightshare.core.quantized.save_quantized")
     src.add_argument("--synthetic", choices=sorted(SHAPES), nargs="+", help="synthetic SWS-like model(s)")
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats (best is kept)")
     ap.add_argument("--seed", type=int, default=0)

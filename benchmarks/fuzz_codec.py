@@ -22,8 +22,9 @@ from collections import Counter
 import numpy as np
 import torch
 
-from weightshare.codec import FormatError, decode, encode, inspect
-from weightshare.quantized import QuantizedModel, QuantizedTensor
+from weightshare.codec import decode, encode, inspect
+from weightshare.core.errors import FormatError
+from weightshare.core.quantized import QuantizedModel, QuantizedTensor
 
 
 def seed_files() -> list[bytes]:

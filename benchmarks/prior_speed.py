@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightshare.mixture import MixturePrior
+from weightshare.methods.sws.prior import MixturePrior
 
 
 def _local_model(name: str) -> nn.Module:
@@ -51,9 +51,9 @@ def _local_model(name: str) -> nn.Module:
 
 
 def build(name: str) -> nn.Module:
-    """``weightshare.models.build_model`` when it exists, else the local definition."""
+    """``weightshare.models.architectures.build_model`` when it exists, else the local definition."""
     try:
-        from weightshare.models import build_model
+        from weightshare.models.architectures import build_model
 
         return build_model(name)
     except (ImportError, AttributeError, KeyError, ValueError):

@@ -6,7 +6,7 @@ Starts from a finished run's ``quantized.safetensors`` (the hard assignment of t
 retrained weights, saved before any of the steps below), removes the weights that
 never change the output (:func:`weightshare.remove_dead_weights`) and then
 fine-tunes the shared values and biases with every index fixed
-(:class:`weightshare.methods.codebook_tuning.CodebookTuning`), printing the
+(:class:`weightshare.finish.codebook_tuning.CodebookTuning`), printing the
 validation and test error after each epoch for each learning rate. This is how
 the ``lenet5`` preset's fine-tuning settings were picked: on the validation split.
 The same code runs inside ``weightshare compress`` (``remove_dead``,
@@ -20,10 +20,11 @@ import argparse
 import torch
 
 from weightshare import DataConfig, TrainConfig, build_model, load_data, load_quantized, remove_dead_weights
-from weightshare.compress import tune_codebooks
-from weightshare.config import validate
-from weightshare.pipeline import evaluate_model
-from weightshare.rundir import RunDir, write_json
+from weightshare.core.io import write_json
+from weightshare.core.settings import validate
+from weightshare.pipeline.compress import tune_codebooks
+from weightshare.pipeline.pretrain import evaluate_model
+from weightshare.runs.rundir import RunDir
 
 
 def finish(run_dir: str, lrs: list[float], epochs: int, data_dir: str | None) -> dict:

@@ -27,8 +27,8 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def digits():
-    from weightshare.config import DataConfig
-    from weightshare.data import load_data
+    from weightshare.data.config import DataConfig
+    from weightshare.data.datasets import load_data
 
     return load_data(DataConfig(dataset="digits"))
 
@@ -41,8 +41,8 @@ class _Interrupt(Exception):
 def resume_check(tmp_path):
     """Train once uninterrupted and once interrupted after epoch ``stop_epoch`` (0-based) then resumed
     with fresh objects (as a new process would); assert bit-equal weights; return both (model, method)."""
-    from weightshare.rundir import RunDir
-    from weightshare.train import fit
+    from weightshare.runs.rundir import RunDir
+    from weightshare.train.loop import fit
 
     def check(make, data, train, stop_epoch, batch_size=32):
         def run(path, resume=False, on_epoch=None):

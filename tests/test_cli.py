@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from weightshare.cli import main
-from weightshare.rundir import load_tensors
+from weightshare.core.io import load_tensors
 
 
 @pytest.fixture(scope="module")

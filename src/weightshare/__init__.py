@@ -3,23 +3,24 @@
 pretrain (or load) -> retrain with a method -> QuantizedModel -> .wsz file -> decode -> evaluate.
 """
 
-__version__ = "0.1.0"
-
-from .accounting import paper_style, values_only, weight_entropy_bits
-from .codec import FormatError, check_compatible, decode, encode, load_compressed, save_compressed
-from .codec_report import file_rates, format_inspect, inspect
-from .compress import compress
-from .config import ConfigError, DataConfig, TrainConfig
-from .coverage import covered_parameters
-from .data import DataBundle, DataError, load_data
-from .deadweights import remove_dead_weights
-from .kmeans import kmeans1d
-from .methods import Method, SoftWeightSharing, SWSConfig
-from .mixture import MixtureConfig, MixturePrior
-from .models import build_model, count_parameters
-from .pipeline import pretrain
-from .quantized import QuantizedModel, QuantizedTensor, load_quantized, save_quantized
-from .train import TrainingDiverged, evaluate, fit
+from weightshare.codec import check_compatible, decode, encode, load_compressed, save_compressed
+from weightshare.codec.inspect import file_rates, format_inspect, inspect
+from weightshare.core.coverage import covered_parameters
+from weightshare.core.errors import ConfigError, DataError, FormatError, TrainingDiverged
+from weightshare.core.kmeans import kmeans1d
+from weightshare.core.quantized import QuantizedModel, QuantizedTensor, load_quantized, save_quantized
+from weightshare.core.version import __version__
+from weightshare.data.config import DataConfig
+from weightshare.data.datasets import DataBundle, load_data
+from weightshare.finish.deadweights import remove_dead_weights
+from weightshare.methods import Method, SoftWeightSharing, SWSConfig
+from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
+from weightshare.models.architectures import build_model, count_parameters
+from weightshare.pipeline.compress import compress
+from weightshare.pipeline.pretrain import pretrain
+from weightshare.report.accounting import paper_style, values_only, weight_entropy_bits
+from weightshare.train.config import TrainConfig
+from weightshare.train.loop import evaluate, fit
 
 __all__ = [
     "__version__",

@@ -13,9 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import config as cfgmod
-from .config import ConfigError, DataConfig, TrainConfig
-from .presets import PRETRAIN_PRESETS, get_preset
+from weightshare.core import settings as cfgmod
+from weightshare.core.errors import ConfigError
+from weightshare.data.config import DataConfig
+from weightshare.train.config import TrainConfig
+from weightshare.train.presets import PRETRAIN_PRESETS, get_preset
 
 __all__ = ["main", "build_parser", "resolve_settings"]
 
@@ -66,14 +68,14 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 @command("pretrain")
 def _pretrain(args: argparse.Namespace) -> int:
-    from .pipeline import pretrain
+    from weightshare.pipeline.pretrain import pretrain
 
     preset_name = args.preset or _infer_preset(args)
     data_cfg, train_cfg = resolve_settings(
         [DataConfig, TrainConfig], args, get_preset(PRETRAIN_PRESETS, preset_name, "pretrain")
     )
     if args.resume:
-        from .rundir import RunDir
+        from weightshare.runs.rundir import RunDir
 
         stored = RunDir.open(args.out).config
         data_cfg, train_cfg = DataConfig(**stored["data"]), TrainConfig(**stored["train"])
@@ -104,7 +106,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_checkpoint
+    from weightshare.pipeline.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint, model=args.model, dataset=args.dataset, data_dir=args.data_dir, normalize=args.normalize
@@ -117,7 +119,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
-    from .methods import METHODS
+    from weightshare.methods import METHODS
 
     p = sub.add_parser("compress", help="retrain a pretrained run with a method, write model.wsz and report.json")
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="compression method")
@@ -144,10 +146,10 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 
 @command("compress")
 def _compress(args: argparse.Namespace) -> int:
-    from .compress import compress
-    from .methods import get_method
-    from .report import format_summary
-    from .rundir import RunDir
+    from weightshare.methods import get_method
+    from weightshare.pipeline.compress import compress
+    from weightshare.report.run_report import format_summary
+    from weightshare.runs.rundir import RunDir
 
     spec = get_method(args.method)
     source = RunDir.open(args.source).config
@@ -177,7 +179,7 @@ def _compress(args: argparse.Namespace) -> int:
     )
     print(format_summary(report))
     if args.make_gif:
-        from .plots import make_gif
+        from weightshare.plots.run import make_gif
 
         print(f"animation: {make_gif(args.out)}")
     return 0
@@ -210,8 +212,8 @@ def _add_codec(sub: argparse._SubParsersAction) -> None:
 def _encode(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .codec import save_compressed
-    from .quantized import load_quantized
+    from weightshare.codec import save_compressed
+    from weightshare.core.quantized import load_quantized
 
     source = Path(args.source)
     checkpoint = source / "quantized.safetensors" if source.is_dir() else source
@@ -230,8 +232,8 @@ def _encode(args: argparse.Namespace) -> int:
 
 @command("decode")
 def _decode(args: argparse.Namespace) -> int:
-    from .codec import load_compressed
-    from .rundir import save_tensors
+    from weightshare.codec import load_compressed
+    from weightshare.core.io import save_tensors
 
     state = load_compressed(args.file).to_state_dict()
     save_tensors(args.out, state)
@@ -243,7 +245,7 @@ def _decode(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
-    from .codec_report import format_inspect, inspect
+    from weightshare.codec.inspect import format_inspect, inspect
 
     report = inspect(args.file)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_inspect(report))
@@ -267,7 +269,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .plots import make_gif, plot_pareto, plot_run
+    from weightshare.plots.run import make_gif, plot_pareto, plot_run
 
     if args.kind and "pareto" in args.kind:
         print(f"wrote {plot_pareto(args.run_dirs, Path(args.out or 'pareto.png'))}")
@@ -291,7 +293,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 @command("demo")
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from weightshare.pipeline.demo import run_demo
 
     run_demo(args.out, progress=not args.quiet)
     return 0
@@ -301,7 +303,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
-    from .sensitivity import DEFAULT_FRACTIONS
+    from weightshare.pipeline.sensitivity import DEFAULT_FRACTIONS
 
     p = sub.add_parser(
         "sensitivity",
@@ -326,7 +328,7 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
 
 @command("sensitivity")
 def _sensitivity(args: argparse.Namespace) -> int:
-    from .sensitivity import run_sensitivity
+    from weightshare.pipeline.sensitivity import run_sensitivity
 
     result = run_sensitivity(
         args.run_dir, fractions=args.fractions, max_drop=args.max_drop, data_dir=args.data_dir, plot=not args.no_plot
@@ -360,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"weightshare {args.command}: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from .errors import USER_ERRORS
+        from weightshare.core.errors import USER_ERRORS
 
         if isinstance(exc, USER_ERRORS):
             print(f"weightshare {args.command}: error: {exc}", file=sys.stderr)

@@ -7,11 +7,11 @@ from typing import Any
 
 from torch import nn
 
-from .admm import ADMM, ADMM_PRESETS, AdmmConfig
-from .base import Method, PlainTraining
-from .dc import DC_PRESETS, DCConfig, DeepCompression
-from .pwfn import PWFN_PRESETS, ProbabilisticWeightFixing, PWFNConfig
-from .sws import SWS_PRESETS, SoftWeightSharing, SWSConfig
+from weightshare.methods.admm.method import ADMM, ADMM_PRESETS, AdmmConfig
+from weightshare.methods.base import Method, PlainTraining
+from weightshare.methods.dc.method import DC_PRESETS, DCConfig, DeepCompression
+from weightshare.methods.pwfn.method import PWFN_PRESETS, ProbabilisticWeightFixing, PWFNConfig
+from weightshare.methods.sws.method import SWS_PRESETS, SoftWeightSharing, SWSConfig
 
 __all__ = ["Method", "PlainTraining", "SoftWeightSharing", "SWSConfig", "MethodSpec", "METHODS", "get_method"]
 

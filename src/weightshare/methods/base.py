@@ -1,7 +1,7 @@
 """The Method protocol: how a compression method plugs into the one training loop.
 
 A method is a small object with hooks (DESIGN.md, "The methods"). The training
-loop in :mod:`weightshare.train` calls them; a user can call the same hooks from
+loop in :mod:`weightshare.train.loop` calls them; a user can call the same hooks from
 a loop of their own::
 
     method = SoftWeightSharing(model, config)
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ConfigError
-from ..quantized import QuantizedModel
+from weightshare.core.errors import ConfigError
+from weightshare.core.quantized import QuantizedModel
 
 __all__ = ["Method", "PlainTraining", "require_epochs"]
 
@@ -34,7 +34,7 @@ def require_epochs(epochs: int, needed: int, schedule: str, detail: str) -> None
     >>> require_epochs(6, 7, "the Deep Compression schedule", "2 x 3 + 1")
     Traceback (most recent call last):
     ...
-    weightshare.config.ConfigError: setting 'epochs' is 6 but the Deep Compression schedule needs 7 (2 x 3 + 1)
+    weightshare.core.errors.ConfigError: setting 'epochs' is 6 but the Deep Compression schedule needs 7 (2 x 3 + 1)
     """
     if epochs != needed:
         raise ConfigError(f"setting 'epochs' is {epochs} but {schedule} needs {needed} ({detail})")

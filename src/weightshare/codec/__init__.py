@@ -1,0 +1,27 @@
+"""The ``.wsz`` file: container, entropy coding (ANS) and inspection. Knows only :mod:`weightshare.core`."""
+
+from __future__ import annotations
+
+from weightshare.codec.inspect import InspectReport, TensorRow, file_rates, format_inspect, inspect
+from weightshare.codec.wsz import (
+    check_compatible,
+    decode,
+    encode,
+    entropy_bound_bytes,
+    load_compressed,
+    save_compressed,
+)
+
+__all__ = [
+    "InspectReport",
+    "TensorRow",
+    "check_compatible",
+    "decode",
+    "encode",
+    "entropy_bound_bytes",
+    "file_rates",
+    "format_inspect",
+    "inspect",
+    "load_compressed",
+    "save_compressed",
+]

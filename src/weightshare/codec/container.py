@@ -1,0 +1,309 @@
+"""The ``.wsz`` header: its fields, how they are written, and how they are parsed and checked.
+
+The header describes everything (names, shapes, codebook sizes, layouts, count
+tables, stream lengths) so that the size of every body section is known -- and
+checked against the file -- before anything large is allocated or decoded.
+See ``docs/format.md`` for the byte-by-byte layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from weightshare.codec.ans import GapCode, read_table, write_table
+from weightshare.codec.bitstream import Reader, Writer
+from weightshare.core.errors import FormatError
+
+__all__ = ["DenseEntry", "Header", "QuantEntry", "parse_header", "write_file"]
+
+MAGIC = b"WSZ\x1a"  # \x1a (Ctrl-Z) stops text tools, as in PNG's signature
+VERSION = 1
+PREFIX_BYTES = 10  # magic, version, flags, CRC32
+FLAG_FLOAT16 = 0x01  # codebook values and dense tensors stored as float16
+DENSE, SPARSE = 0, 1
+LAYOUT_NAMES = {DENSE: "dense", SPARSE: "sparse"}
+
+MAX_ELEMENTS = 2**31  # per tensor and in total: refused before any allocation
+MAX_NDIM = 16
+MAX_CODEBOOK = 2**20
+
+
+@dataclass
+class QuantEntry:
+    """One quantized tensor. Tables: dense ``[index counts]``; sparse ``[gap symbol counts, (index - 1) counts]``."""
+
+    name: str
+    shape: tuple[int, ...]
+    codebook: int
+    layout: int
+    tables: list[np.ndarray]
+    stream_bytes: int
+    gap: GapCode | None = None
+    header_bytes: int = 0  # its own header entry, tables excluded
+    table_bytes: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nnz(self) -> int:
+        if self.layout == SPARSE:
+            return int(self.tables[1].sum())
+        counts = self.tables[0]
+        return self.numel - int(counts[0]) if counts.size else 0
+
+    @property
+    def raw_bits(self) -> int:
+        if self.gap is None:
+            return 0
+        counts = self.tables[0]
+        return int((self.gap.extra_bits(counts.size) * counts).sum())
+
+    @property
+    def raw_bytes(self) -> int:
+        return (self.raw_bits + 7) // 8
+
+
+@dataclass
+class DenseEntry:
+    """One tensor stored as raw floats."""
+
+    name: str
+    shape: tuple[int, ...]
+    header_bytes: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class Header:
+    """Everything before the body, plus what each part costs (for ``inspect``)."""
+
+    float16: bool
+    meta: dict[str, object]
+    codebook_sizes: list[int]
+    quantized: list[QuantEntry]
+    dense: list[DenseEntry]
+    size: int = 0  # bytes from the start of the file to the body
+    meta_bytes: int = 0
+    table_bytes: int = 0
+    names_bytes: int = 0
+
+    @property
+    def width(self) -> int:
+        return 2 if self.float16 else 4
+
+    @property
+    def codebook_bytes(self) -> int:
+        return self.width * sum(k - 1 for k in self.codebook_sizes)
+
+    @property
+    def structure_bytes(self) -> int:
+        """Header bytes that are neither the meta JSON nor the count tables."""
+        return self.size - self.meta_bytes - self.table_bytes
+
+    def body_size(self) -> int:
+        q = sum(e.stream_bytes + e.raw_bytes for e in self.quantized)
+        return self.codebook_bytes + q + self.width * sum(e.numel for e in self.dense)
+
+
+# --- writing --------------------------------------------------------------
+def _tokens(names: list[str]) -> dict[str, int]:
+    """Name parts (split at '.') in first-seen order: 'conv1' and 'weight' are stored once each."""
+    ids: dict[str, int] = {}
+    for name in names:
+        for part in name.split("."):
+            ids.setdefault(part, len(ids))
+    return ids
+
+
+def _write_name(w: Writer, name: str, ids: dict[str, int]) -> None:
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        w.uvarint(2 * ids[part] + (i == len(parts) - 1))  # low bit marks the last part
+
+
+def _write_shape(w: Writer, shape: tuple[int, ...]) -> None:
+    w.uvarint(len(shape))
+    for dim in shape:
+        w.uvarint(dim)
+
+
+def _write_header(h: Header) -> bytes:
+    w = Writer()
+    meta = json.dumps(h.meta, separators=(",", ":"), ensure_ascii=False).encode() if h.meta else b""
+    w.blob(meta)
+    h.meta_bytes = len(w)
+    ids = _tokens([e.name for e in h.quantized] + [e.name for e in h.dense])
+    w.uvarint(len(ids))
+    for token in ids:
+        w.blob(token.encode())
+    h.names_bytes = len(w) - h.meta_bytes
+    w.uvarint(len(h.codebook_sizes))
+    for k in h.codebook_sizes:
+        w.uvarint(k)
+    w.uvarint(len(h.quantized))
+    h.table_bytes = 0
+    for e in h.quantized:
+        start = len(w)
+        _write_name(w, e.name, ids)
+        _write_shape(w, e.shape)
+        if len(h.codebook_sizes) > 1:
+            w.uvarint(e.codebook)
+        w.u8(e.layout | (e.gap.d << 2 | e.gap.m << 6 if e.gap else 0))
+        w.uvarint(e.stream_bytes)
+        mid = len(w)
+        for counts in e.tables:
+            write_table(w, counts)
+        e.table_bytes, e.header_bytes = len(w) - mid, mid - start
+        h.table_bytes += e.table_bytes
+    w.uvarint(len(h.dense))
+    for e in h.dense:
+        start = len(w)
+        _write_name(w, e.name, ids)
+        _write_shape(w, e.shape)
+        e.header_bytes = len(w) - start
+    h.size = PREFIX_BYTES + len(w)
+    return bytes(w.buf)
+
+
+def write_file(h: Header, body: list[bytes]) -> bytes:
+    """Prefix (magic, version, flags, CRC32 of everything after it), header, body."""
+    payload = _write_header(h) + b"".join(body)
+    flags = FLAG_FLOAT16 if h.float16 else 0
+    return MAGIC + bytes([VERSION, flags]) + struct.pack("<I", zlib.crc32(payload)) + payload
+
+
+# --- parsing --------------------------------------------------------------
+def _check_prefix(data: bytes) -> int:
+    if len(data) < PREFIX_BYTES:
+        if not MAGIC.startswith(bytes(data[:4])):
+            raise FormatError("not a .wsz file (wrong magic bytes)")
+        raise FormatError(f"truncated: {len(data)} bytes, a .wsz file has at least {PREFIX_BYTES}")
+    if bytes(data[:4]) != MAGIC:
+        raise FormatError(f"not a .wsz file (magic {bytes(data[:4])!r}, expected {MAGIC!r})")
+    if data[4] != VERSION:
+        kind = "newer" if data[4] > VERSION else "unknown"
+        raise FormatError(f"{kind} format version {data[4]}; this library reads version {VERSION}")
+    if data[5] & ~FLAG_FLOAT16:
+        raise FormatError(f"unknown flags 0x{data[5]:02x}")
+    (crc,) = struct.unpack("<I", data[6:10])
+    if zlib.crc32(memoryview(data)[PREFIX_BYTES:]) != crc:
+        raise FormatError("checksum mismatch: the file is corrupted or truncated")
+    return data[5]
+
+
+def _read_meta(r: Reader) -> dict[str, object]:
+    raw = r.blob(r.remaining, "meta")
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"meta is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise FormatError(f"meta must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _read_tokens(r: Reader) -> list[str]:
+    tokens = []
+    for _ in range(r.uvarint(r.remaining, "name-part count")):
+        try:
+            tokens.append(r.blob(r.remaining, "name part").decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"a tensor name is not valid UTF-8: {exc}") from exc
+    return tokens
+
+
+def _read_name(r: Reader, tokens: list[str]) -> str:
+    parts = []
+    while True:
+        code = r.uvarint(2 * len(tokens), "name-part id")
+        if code >> 1 >= len(tokens):
+            raise FormatError(f"name-part id {code >> 1} out of range ({len(tokens)} parts)")
+        parts.append(tokens[code >> 1])
+        if code & 1:
+            return ".".join(parts)
+
+
+def _read_shape(r: Reader, name: str) -> tuple[int, ...]:
+    ndim = r.uvarint(MAX_NDIM, f"{name}: ndim")
+    shape = tuple(r.uvarint(MAX_ELEMENTS, f"{name}: dimension") for _ in range(ndim))
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise FormatError(f"{name}: shape {shape} has more than {MAX_ELEMENTS} elements")
+    return shape
+
+
+def _read_quant(r: Reader, tokens: list[str], sizes: list[int]) -> QuantEntry:
+    start = r.pos
+    name = _read_name(r, tokens)
+    shape = _read_shape(r, name)
+    cb = r.uvarint(len(sizes) - 1, f"{name}: codebook") if len(sizes) > 1 else 0
+    if not sizes:
+        raise FormatError(f"{name}: quantized tensor but the file has no codebook")
+    byte = r.u8()
+    layout, gap = byte & 3, None
+    if layout == SPARSE:
+        gap = GapCode((byte >> 2) & 15, byte >> 6)
+    elif layout != DENSE or byte >> 2:
+        raise FormatError(f"{name}: unknown layout byte 0x{byte:02x}")
+    stream = r.uvarint(r.remaining, f"{name}: stream length")
+    numel, k, mid = math.prod(shape), sizes[cb], r.pos
+    if gap is None:
+        tables = [read_table(r, k, numel, f"{name}: index table")]
+        if int(tables[0].sum()) != numel:
+            raise FormatError(f"{name}: index table counts {int(tables[0].sum())} symbols, shape needs {numel}")
+    else:
+        gaps = read_table(r, gap.max_alphabet, numel, f"{name}: gap table")
+        nnz = int(gaps.sum())
+        idx = read_table(r, k - 1, nnz, f"{name}: non-zero index table")
+        if int(idx.sum()) != nnz:
+            raise FormatError(f"{name}: {nnz} gaps but {int(idx.sum())} non-zero indices")
+        tables = [gaps, idx]
+    return QuantEntry(name, shape, cb, layout, tables, stream, gap, mid - start, r.pos - mid)
+
+
+def parse_header(data: bytes) -> Header:
+    """Parse and check the prefix and header; the body's size must match the file exactly."""
+    flags = _check_prefix(data)
+    r = Reader(data, PREFIX_BYTES)
+    meta = _read_meta(r)
+    meta_bytes = r.pos - PREFIX_BYTES
+    tokens = _read_tokens(r)
+    names_bytes = r.pos - PREFIX_BYTES - meta_bytes
+    n_cb = r.uvarint(r.remaining, "codebook count")
+    sizes = [r.uvarint(MAX_CODEBOOK, "codebook size") for _ in range(n_cb)]
+    if any(k < 1 for k in sizes):
+        raise FormatError("a codebook has size 0 (entry 0, the zero, is always present)")
+    quantized = [_read_quant(r, tokens, sizes) for _ in range(r.uvarint(r.remaining, "quantized count"))]
+    dense = []
+    for _ in range(r.uvarint(r.remaining, "dense count")):
+        start = r.pos
+        name = _read_name(r, tokens)
+        dense.append(DenseEntry(name, _read_shape(r, name)))
+        dense[-1].header_bytes = r.pos - start
+    tables = sum(e.table_bytes for e in quantized)
+    h = Header(bool(flags & FLAG_FLOAT16), meta, sizes, quantized, dense, r.pos, meta_bytes, tables, names_bytes)
+    _check_totals(h, len(data) - r.pos)
+    return h
+
+
+def _check_totals(h: Header, body: int) -> None:
+    names = [e.name for e in h.quantized] + [e.name for e in h.dense]
+    if len(set(names)) != len(names):
+        raise FormatError("duplicate tensor names")
+    total = sum(e.numel for e in h.quantized) + sum(e.numel for e in h.dense)
+    if total > MAX_ELEMENTS:
+        raise FormatError(f"{total} elements in total, more than the limit {MAX_ELEMENTS}")
+    if h.body_size() != body:
+        raise FormatError(f"header declares a body of {h.body_size()} bytes, the file holds {body}")

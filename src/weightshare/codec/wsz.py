@@ -1,0 +1,226 @@
+"""The ``.wsz`` compressed file: :class:`QuantizedModel` <-> bytes, bit for bit.
+
+Per quantized tensor the encoder codes both the dense index stream and a sparse
+layout (gaps between non-zeros + their indices) with ANS and keeps the smaller.
+Decoding gives back exactly the same indices, codebooks and dense tensors, so the
+accuracy measured on a decoded file is the accuracy of that file. The layout is
+documented byte by byte in ``docs/format.md``.
+
+>>> import torch
+>>> from weightshare.core.quantized import QuantizedModel, QuantizedTensor
+>>> idx = torch.zeros(100, 100, dtype=torch.int64); idx[::7, ::3] = 2
+>>> cb = torch.tensor([0.0, -0.1, 0.1])
+>>> q = QuantizedModel([cb], {"fc.weight": QuantizedTensor(idx)}, {"fc.bias": torch.ones(100)})
+>>> data = encode(q)  # 400 of these bytes are the float32 bias
+>>> len(data), torch.equal(decode(data).quantized["fc.weight"].indices, idx)
+(482, True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from weightshare.codec.ans import ans_decode, ans_encode, choose_gap_code, table_size
+from weightshare.codec.bitstream import Reader, unpack_bits
+from weightshare.codec.bitstream import pack_bits as _pack_bits
+from weightshare.codec.container import (
+    DENSE,
+    MAX_CODEBOOK,
+    MAX_ELEMENTS,
+    SPARSE,
+    DenseEntry,
+    Header,
+    QuantEntry,
+    parse_header,
+)
+from weightshare.codec.container import write_file as _write_file
+from weightshare.codec.inspect import inspect
+from weightshare.core.errors import FormatError
+from weightshare.core.io import atomic_write_bytes
+from weightshare.core.quantized import QuantizedModel, QuantizedTensor
+
+__all__ = [
+    "check_compatible",
+    "decode",
+    "encode",
+    "entropy_bound_bytes",
+    "load_compressed",
+    "save_compressed",
+]
+
+
+# --- encoding -------------------------------------------------------------
+def _float_bytes(values: np.ndarray, float16: bool, what: str) -> bytes:
+    values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    if not float16:
+        return values.astype("<f4").tobytes()
+    with np.errstate(over="ignore"):  # overflow is detected (and refused) just below
+        half = values.astype("<f2")
+    if (np.isfinite(values) & ~np.isfinite(half)).any():
+        raise ValueError(f"{what}: values beyond the float16 range (|x| > 65504); save without float16")
+    return half.tobytes()
+
+
+def _dense_code(entry: QuantEntry, idx: np.ndarray) -> tuple[QuantEntry, list[bytes], int]:
+    counts = np.bincount(idx, minlength=1) if idx.size else np.zeros(0, dtype=np.int64)
+    stream = ans_encode([(idx, counts)])
+    entry.layout, entry.tables, entry.stream_bytes, entry.gap = DENSE, [counts], len(stream), None
+    return entry, [stream], len(stream) + table_size(counts)
+
+
+def _sparse_code(entry: QuantEntry, idx: np.ndarray) -> tuple[QuantEntry, list[bytes], int]:
+    nz = np.flatnonzero(idx)
+    gaps = np.diff(nz, prepend=-1) - 1  # zeros before each non-zero, row-major
+    code, _ = choose_gap_code(gaps)
+    sym, nbits, raw = code.symbols(gaps)
+    values = idx[nz] - 1  # index 0 never occurs among the non-zeros
+    gap_counts, idx_counts = np.bincount(sym), np.bincount(values)
+    stream, raw_bytes = ans_encode([(sym, gap_counts), (values, idx_counts)]), _pack_bits(raw, nbits)
+    entry.layout, entry.tables, entry.stream_bytes, entry.gap = SPARSE, [gap_counts, idx_counts], len(stream), code
+    cost = len(stream) + len(raw_bytes) + table_size(gap_counts) + table_size(idx_counts)
+    return entry, [stream, raw_bytes], cost
+
+
+def _encode_tensor(name: str, qt: QuantizedTensor, k: int) -> tuple[QuantEntry, list[bytes]]:
+    """Both layouts, keep the smaller (dense on a tie, so the choice is deterministic)."""
+    if qt.numel > MAX_ELEMENTS:
+        raise ValueError(f"{name}: {qt.numel} elements, the format's limit is {MAX_ELEMENTS}")
+    idx = qt.indices.detach().cpu().reshape(-1).numpy().astype(np.int64, copy=False)
+    base = QuantEntry(name, qt.shape, qt.codebook, DENSE, [], 0)
+    best = _dense_code(base, idx)
+    if idx.size:
+        sparse = _sparse_code(QuantEntry(name, qt.shape, qt.codebook, SPARSE, [], 0), idx)
+        if sparse[2] < best[2]:
+            best = sparse
+    return best[0], best[1]
+
+
+def _json_default(obj: object) -> object:
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return obj.tolist()
+    raise TypeError(f"meta value of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def encode(qmodel: QuantizedModel, *, float16: bool = False) -> bytes:
+    """The ``.wsz`` bytes of a quantized model (deterministic: same model, same bytes).
+
+    ``float16`` stores codebook values and dense tensors as float16 (lossy; reported by ``inspect``).
+    """
+    if any(cb.numel() > MAX_CODEBOOK for cb in qmodel.codebooks):
+        raise ValueError(f"codebooks are limited to {MAX_CODEBOOK} entries")
+    body = [_float_bytes(cb[1:].numpy(), float16, f"codebook {i}") for i, cb in enumerate(qmodel.codebooks)]
+    quantized = []
+    for name, qt in qmodel.quantized.items():
+        entry, parts = _encode_tensor(name, qt, qmodel.codebooks[qt.codebook].numel())
+        quantized.append(entry)
+        body += parts
+    dense = []
+    for name, t in qmodel.dense.items():
+        dense.append(DenseEntry(name, tuple(t.shape)))
+        body.append(_float_bytes(t.detach().cpu().numpy(), float16, name))
+    if sum(e.numel for e in quantized) + sum(e.numel for e in dense) > MAX_ELEMENTS:
+        raise ValueError(f"more than {MAX_ELEMENTS} elements in total")
+    meta = _plain_meta(qmodel.meta)
+    header = Header(float16, meta, [cb.numel() for cb in qmodel.codebooks], quantized, dense)
+    return _write_file(header, body)
+
+
+def _plain_meta(meta: dict[str, object]) -> dict[str, object]:
+    try:
+        return json.loads(json.dumps(meta, default=_json_default)) if meta else {}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta cannot be stored: {exc}") from exc
+
+
+# --- decoding -------------------------------------------------------------
+def _read_floats(r: Reader, n: int, float16: bool) -> np.ndarray:
+    dtype = "<f2" if float16 else "<f4"
+    return np.frombuffer(r.read(n * np.dtype(dtype).itemsize), dtype=dtype).astype(np.float32)
+
+
+def _decode_tensor(e: QuantEntry, stream: bytes, raw: bytes) -> np.ndarray:
+    if e.layout == DENSE:
+        return ans_decode(stream, e.tables)[0]
+    assert e.gap is not None
+    sym, values = ans_decode(stream, e.tables)
+    gaps = e.gap.gaps(sym, lambda nbits: unpack_bits(raw, nbits))
+    positions = np.cumsum(gaps + 1) - 1
+    out = np.zeros(e.numel, dtype=np.int64)
+    if positions.size and positions[-1] >= e.numel:
+        raise FormatError(f"{e.name}: non-zero position {int(positions[-1])} beyond {e.numel} elements")
+    out[positions] = values + 1
+    return out
+
+
+def decode(data: bytes) -> QuantizedModel:
+    """Rebuild the :class:`QuantizedModel` from ``.wsz`` bytes; any defect raises :class:`FormatError`."""
+    h = parse_header(data)
+    r = Reader(data, h.size)
+    codebooks = []
+    for i, k in enumerate(h.codebook_sizes):
+        cb = np.concatenate([np.zeros(1, np.float32), _read_floats(r, k - 1, h.float16)])
+        if not np.isfinite(cb).all():
+            raise FormatError(f"codebook {i} holds a non-finite value")
+        codebooks.append(torch.from_numpy(cb))
+    quantized = {}
+    for e in h.quantized:
+        idx = _decode_tensor(e, r.read(e.stream_bytes), r.read(e.raw_bytes))
+        quantized[e.name] = QuantizedTensor(torch.from_numpy(idx).reshape(e.shape), e.codebook)
+    dense = {e.name: torch.from_numpy(_read_floats(r, e.numel, h.float16)).reshape(e.shape) for e in h.dense}
+    # Every invariant holds by construction (indices come from tables no larger than their codebook,
+    # codebooks were checked above, names are unique), so skip QuantizedModel's O(#weights) re-checks.
+    return QuantizedModel.from_trusted(codebooks, quantized, dense, dict(h.meta))
+
+
+# --- files ----------------------------------------------------------------
+def save_compressed(qmodel: QuantizedModel, path: str | os.PathLike, *, float16: bool = False) -> int:
+    """Write the ``.wsz`` file atomically (temp file + ``os.replace``); returns the bytes written."""
+    data = encode(qmodel, float16=float16)
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> QuantizedModel:
+    """Read a ``.wsz`` file; with ``model``, also check that names and shapes match it."""
+    qmodel = decode(Path(path).read_bytes())
+    if model is not None:
+        check_compatible(qmodel, model)
+    return qmodel
+
+
+def check_compatible(qmodel: QuantizedModel, model: nn.Module) -> None:
+    """Refuse (``FormatError``) a decoded model whose tensors do not match ``model``'s names and shapes.
+
+    >>> from weightshare.core.quantized import QuantizedModel
+    >>> q = QuantizedModel([torch.zeros(1)], {}, {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)})
+    >>> check_compatible(q, nn.Linear(3, 2))
+    >>> check_compatible(q, nn.Linear(4, 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    weightshare.core.errors.FormatError: file does not match the model: weight: shape (2, 3) in the file, (2, 4) ...
+    """
+    own = model.state_dict()
+    shapes = {n: qt.shape for n, qt in qmodel.quantized.items()} | {n: tuple(t.shape) for n, t in qmodel.dense.items()}
+    problems = [f"{n}: not in the model" for n in shapes if n not in own]
+    problems += [
+        f"{n}: shape {s} in the file, {tuple(own[n].shape)} in the model"
+        for n, s in shapes.items()
+        if n in own and tuple(own[n].shape) != s
+    ]
+    problems += [f"{n}: missing from the file" for n, t in own.items() if t.is_floating_point() and n not in shapes]
+    if problems:
+        raise FormatError("file does not match the model: " + "; ".join(problems))
+
+
+def entropy_bound_bytes(qmodel: QuantizedModel, *, float16: bool = False) -> float:
+    """Sum of the coded streams' empirical entropies + codebooks + header + dense tensors, in bytes.
+
+    The file can only exceed this by the ANS coder's few bytes of flush per tensor.
+    """
+    return inspect(encode(qmodel, float16=float16)).entropy_bound_bytes

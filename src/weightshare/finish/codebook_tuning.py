@@ -1,0 +1,110 @@
+"""Fine-tune the shared values of a QuantizedModel, every assignment fixed.
+
+This is Deep Compression's *trained quantization* (Han, Mao & Dally 2016, Sec. 3.2)
+applied to any method's result: the forward pass uses ``W = C[I]``, and the gradient
+of a shared value is the sum of the gradients of the weights that use it,
+
+    dL/dC_k = sum over {(i, j) : I_ij = k} of dL/dW_ij,
+
+while the dense tensors (the biases) train as usual. Entry 0 of every codebook, the
+exact zero, gets no gradient, so pruned weights stay pruned and no index changes: the
+file's size does not grow (only the float values in it change).
+
+Soft weight-sharing's paper ends at the hard assignment (Alg. 1): snapping each weight
+to its component's mean costs accuracy (0.1 point on LeNet-5, benchmarks/RESULTS.md),
+and a short fine-tuning of the few shared values and the biases wins most of it back.
+It is therefore an explicit extra step (``SWSConfig.codebook_epochs``), off by default;
+the ``lenet5`` preset uses 3 epochs (benchmarks/RESULTS.md shows the error with and without).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightshare.core.quantized import QuantizedModel
+from weightshare.methods.base import Method
+
+__all__ = ["CodebookTuning"]
+
+
+class CodebookTuning(Method):
+    """Train ``qmodel``'s codebooks and dense tensors inside ``model``; the indices stay fixed.
+
+    Building it loads ``qmodel`` into ``model`` and ties every quantized weight to its codebook.
+
+    >>> net = nn.Linear(2, 1)
+    >>> cb = torch.tensor([0.0, 0.5])
+    >>> from weightshare.core.quantized import QuantizedTensor
+    >>> q = QuantizedModel([cb], {"weight": QuantizedTensor(torch.tensor([[1, 0]]))}, {"bias": torch.zeros(1)})
+    >>> tuning = CodebookTuning(net, q, lr=0.1)
+    >>> opt = torch.optim.SGD([{"params": tuning.trainable(net)}, *tuning.parameters()], lr=0.1)
+    >>> net(torch.ones(1, 2)).sum().backward()
+    >>> opt.step()
+    >>> tuning.after_step(net)
+    >>> tuned = tuning.finalize(net)
+    >>> [round(v, 3) for v in tuned.codebooks[0].tolist()], round(float(tuned.dense["bias"]), 3)
+    ([0.0, 0.4], -0.1)
+    """
+
+    name = "codebook"
+
+    def __init__(self, model: nn.Module, qmodel: QuantizedModel, lr: float) -> None:
+        if lr <= 0:
+            raise ValueError(f"codebook_lr must be > 0, got {lr}")
+        qmodel.load_into(model)
+        params = dict(model.named_parameters())
+        missing = [n for n in qmodel.quantized if n not in params]
+        if missing:
+            raise KeyError(f"quantized tensors that are not parameters of the model: {missing}")
+        self.qmodel, self.lr = qmodel, lr
+        self.codebooks = [nn.Parameter(c.clone()) for c in qmodel.codebooks]
+        self.tied = {n: params[n] for n in qmodel.quantized}
+        self._hooks = [p.register_hook(self._grad_hook(n)) for n, p in self.tied.items()]
+
+    def model_lr(self) -> float:
+        return self.lr
+
+    def trainable(self, model: nn.Module) -> list[nn.Parameter]:
+        """The dense parameters only: the tied weights move through their codebook."""
+        tied = {id(p) for p in self.tied.values()}
+        return [p for p in model.parameters() if p.requires_grad and id(p) not in tied]
+
+    def parameters(self) -> list[dict[str, Any]]:
+        return [{"params": self.codebooks, "lr": self.lr}]
+
+    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        qt = self.qmodel.quantized[name]
+
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            codebook = self.codebooks[qt.codebook]
+            summed = grad.new_zeros(codebook.numel()).index_add_(0, qt.indices.reshape(-1), grad.reshape(-1))
+            summed[0] = 0.0  # the exact zero stays zero: pruned weights stay pruned
+            codebook.grad = summed if codebook.grad is None else codebook.grad + summed
+            return torch.zeros_like(grad)  # W is C[I]; after_step writes it back
+
+        return hook
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        for codebook in self.codebooks:
+            codebook[0] = 0.0
+        for name, param in self.tied.items():
+            qt = self.qmodel.quantized[name]
+            param.copy_(self.codebooks[qt.codebook][qt.indices])
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def finalize(self, model: nn.Module) -> QuantizedModel:
+        """The tuned codebooks with the original indices, and the model's current dense tensors."""
+        self.remove_hooks()
+        state = model.state_dict()
+        dense = {name: state[name].detach().clone() for name in self.qmodel.dense}
+        codebooks = [c.detach().clone() for c in self.codebooks]
+        return QuantizedModel(codebooks, dict(self.qmodel.quantized), dense, dict(self.qmodel.meta))

@@ -1,0 +1,459 @@
+"""Sparsity-quantization joint learning (Yang, Gui, Zhu & Liu, CVPR 2020) as a Method.
+
+The covered weights W (all conv / linear weights) must satisfy, at the end, a model-size budget
+``sum_l b_l * nnz_l <= S`` with ``S = bit_budget * sum_l ceil(nnz_budget * n_l)`` bits, where each
+layer's non-zeros take at most 2^b_l distinct values and b_l is in {bwlb..8}; per-layer sparsity and
+bit widths are learned. ADMM splits W (trained, sparse) from V (its quantized duplicate) with the
+scaled dual U (REFERENCES.md B.2, as the authors' ``train.py`` runs it):
+
+* **start** (pretrained model): one sparse projection, one quantization projection + dual update;
+* **sparse projection** every ``projint`` batches (0 = at the last batch of each epoch): keep the
+  weights with the largest w²/b_l while sum of b_l <= S (:func:`weightshare.methods.admm.knapsack.prune_to_budget`);
+  pruned weights are not masked afterwards, they may regrow until the next projection (as in the code);
+* **quantization projection** every ``dualint`` batches (same default): for every layer and every b,
+  k-means of the non-zeros of X = W + U into 2^b free centres plus a fixed 0 gives the distortion
+  D_l(b); the greedy multiple-choice knapsack (:func:`weightshare.methods.admm.knapsack.mckp_greedy`) picks b_l under
+  ``sum_l b_l * nnz_l <= S``; then V = Q(X) and U += W - V;
+* **primal step**: the loop's SGD step on the task loss, with the augmented term rho/2 ||W - V + U||²
+  added to the loss (:meth:`ADMM.penalty`) or, with ``prox``, applied in closed form after the step:
+  W <- (W + lr·rho·(V - U)) / (1 + lr·rho). The loop's weight decay acts on every trainable tensor; the
+  reference decays only ``*.weight`` tensors (biases of LeNets: a negligible difference);
+* optional **knowledge distillation** from the pretrained model (:meth:`ADMM.extra_loss`) and optional
+  **fine-tuning** in the last ``finetune_epochs`` epochs with the mask and bit widths fixed (the
+  authors' ``finetune.py``; see :class:`_FineTune`).
+
+:meth:`ADMM.finalize` gives one codebook per layer (entry 0 = 0.0) with at most 2^b_l non-zero values.
+The paper counts only those values (``values_only_cr`` in report.json); the file-based rate counts the
+positions too, which dominate at 0.5 % density (REFERENCES D.2). The loop's per-epoch ``val_error`` is that
+of W (sparse, not yet quantized); the reference evaluates a re-quantized copy instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from weightshare.core.codebook import compact_codebook
+from weightshare.core.coverage import covered_parameters
+from weightshare.core.errors import ConfigError
+from weightshare.core.quantized import QuantizedModel
+from weightshare.core.settings import setting, validate
+from weightshare.methods.admm.knapsack import prune_to_budget
+from weightshare.methods.admm.quant import (
+    MAX_BITS,
+    quantization_projection,
+    refine_codebook,
+    zero_codebook,
+    zero_quantize,
+)
+from weightshare.methods.base import Method
+from weightshare.train.config import TrainConfig
+
+__all__ = ["AdmmConfig", "ADMM", "ADMM_PRESETS", "model_size_budget", "distillation_loss"]
+
+# finetune.py refreshes the codebooks with 5 Lloyd iterations from the current centres.
+REFRESH_ITERS = 5
+
+
+@dataclasses.dataclass
+class AdmmConfig:
+    """Every knob of the ADMM method: the budget, the ADMM schedule, distillation and fine-tuning."""
+
+    nnz_budget: float = setting(0.5, "non-zero budget: S = bit_budget x sum_l ceil(nnz_budget x n_l) bits", gt=0, le=1)
+    bit_budget: float = setting(4.0, "bit budget: average bits per non-zero allowed by S", ge=1, le=MAX_BITS)
+    bwlb: int = setting(1, "lowest bit width a layer may get (bit widths are bwlb..8)", ge=1, le=MAX_BITS)
+    rho: float = setting(0.05, "ADMM penalty rho", gt=0)
+    prox: bool = setting(False, "apply the ADMM term in closed form after each step instead of in the loss")
+    projint: int = setting(0, "batches between sparse projections (0 = once per epoch, at its last batch)", ge=0)
+    dualint: int = setting(
+        0, "batches between quantization projections + dual updates (0 = once per epoch); a multiple of projint", ge=0
+    )
+    kd_temp: float = setting(0.0, "knowledge distillation temperature T from the pretrained model (0 = off)", ge=0)
+    finetune_epochs: int = setting(0, "last epochs: fine-tune with mask and bit widths fixed (straight-through)", ge=0)
+    finetune_refresh: int = setting(20, "fine-tuning: codebook refreshes (5 k-means steps) per epoch", ge=1)
+    kmeans_iter: int = setting(100, "at most this many Lloyd iterations per layer", ge=1)
+    cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+
+    def check(self) -> None:
+        if self.bwlb > math.floor(self.bit_budget):
+            raise ValueError(
+                f"setting 'bwlb' is {self.bwlb} but must be <= the bit budget's whole bits "
+                f"{math.floor(self.bit_budget)} (setting 'bit_budget' {self.bit_budget:g}): every layer "
+                f"starts at floor(bit_budget) bits"
+            )
+        if self.dualint and (self.projint == 0 or self.dualint % self.projint):
+            raise ValueError(
+                f"setting 'dualint' ({self.dualint}) must be 0 or a multiple of 'projint' "
+                f"({self.projint}): the bit allocation uses the non-zeros of the latest sparse projection"
+            )
+
+
+# The reference recipe for LeNet-5 (REFERENCES B.4: README command, target ~1975x values-only); LeNet-300-100
+# has no published recipe: the same optimisation at a 5 % / 3-bit budget. digits: short, for demos and tests.
+_SGD = {"optimizer": "sgd", "lr_schedule": "cosine"}
+ADMM_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "digits": {
+        "train": {**_SGD, "epochs": 30, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 2},
+        "admm": {"nnz_budget": 0.1, "bit_budget": 3.0, "rho": 0.05, "prox": True},
+    },
+    "lenet300": {
+        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
+        "admm": {"nnz_budget": 0.05, "bit_budget": 3.0, "rho": 0.05, "prox": True},
+    },
+    "lenet5": {
+        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
+        "admm": {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True},
+    },
+}
+
+
+# --- budget and per-layer quantization ----------------------------------------------------------------------------
+def model_size_budget(numels: list[int], nnz_budget: float, bit_budget: float) -> float:
+    """The model-size budget S in bits: ``bit_budget * sum_l ceil(nnz_budget * n_l)`` (Yang's train.py).
+
+    >>> model_size_budget([430, 1000], 0.01, 3)  # ceil(4.3) + ceil(10) = 15 non-zeros x 3 bits
+    45.0
+    """
+    return float(bit_budget) * sum(math.ceil(nnz_budget * n) for n in numels)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Yang's KD term: T · CE(softmax(z_t / T), log_softmax(z_s / T)), mean over the batch (factor T, not T²).
+
+    >>> z = torch.tensor([[2.0, 0.0]])
+    >>> round(float(distillation_loss(z, z, 1.0)), 4)  # the entropy of softmax([2, 0])
+    0.3653
+    """
+    target = F.softmax(teacher / temperature, dim=1)
+    return temperature * -(target * F.log_softmax(student / temperature, dim=1)).sum(1).mean()
+
+
+class _FineTune:
+    """Fine-tuning with fixed mask and bit widths (Yang's ``finetune.py``), straight-through.
+
+    The model's parameter holds the quantized layer C[I] for the forward pass; the float shadow weights
+    live here. After each optimizer step the step's change is moved onto the shadow (straight-through:
+    the gradient taken at C[I] updates the float weights), the shadow is re-masked and re-quantized.
+    Weight decay therefore acts on C[I], not on the shadow as in the reference: lr·wd·(quantization error)
+    per step, far below the step itself."""
+
+    KINDS = ("mask", "shadow", "codebook", "index")
+
+    def __init__(self, parts: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.masks, self.shadow = parts["mask"], parts["shadow"]
+        self.codebooks, self.index = parts["codebook"], parts["index"]
+
+    @classmethod
+    def start(cls, covered: dict[str, nn.Parameter], bits: dict[str, int], max_iter: int) -> _FineTune:
+        """Fix the current non-zeros and bit widths; codebooks by k-means of the non-zeros (fixed 0)."""
+        tune = cls({
+            "mask": {n: p.detach() != 0 for n, p in covered.items()},
+            "shadow": {n: p.detach().clone() for n, p in covered.items()},
+            "codebook": {n: zero_codebook(p, bits[n], max_iter) for n, p in covered.items()},
+            "index": {n: torch.zeros_like(p, dtype=torch.int64) for n, p in covered.items()},
+        })  # fmt: skip
+        tune.write(covered)
+        return tune
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], covered: dict[str, nn.Parameter]) -> _FineTune:
+        parts = {
+            kind: {n: state[f"finetune.{kind}.{n}"].to(p.device) for n, p in covered.items()} for kind in cls.KINDS
+        }
+        parts["mask"] = {n: m.bool() for n, m in parts["mask"].items()}
+        parts["index"] = {n: i.long() for n, i in parts["index"].items()}
+        return cls(parts)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        parts = dict(zip(self.KINDS, (self.masks, self.shadow, self.codebooks, self.index), strict=True))
+        return {f"finetune.{kind}.{n}": t for kind, tensors in parts.items() for n, t in tensors.items()}
+
+    @torch.no_grad()
+    def write(self, covered: dict[str, nn.Parameter]) -> None:
+        """Quantize the shadow weights and put C[I] into the model."""
+        for n, p in covered.items():
+            self.index[n] = zero_quantize(self.shadow[n], self.codebooks[n])
+            p.copy_(self.codebooks[n][self.index[n]])
+
+    @torch.no_grad()
+    def step(self, covered: dict[str, nn.Parameter]) -> None:
+        """Move the optimizer's change of C[I] onto the re-masked shadow weights."""
+        for n, p in covered.items():
+            self.shadow[n].add_(p.detach() - self.codebooks[n][self.index[n]]).masked_fill_(~self.masks[n], 0.0)
+        self.write(covered)
+
+    def refresh(self, covered: dict[str, nn.Parameter], iters: int) -> None:
+        """A few Lloyd steps from the current centres on the shadow's non-zeros, then re-quantize."""
+        for n, codebook in self.codebooks.items():
+            self.codebooks[n] = refine_codebook(self.shadow[n], codebook, iters)
+        self.write(covered)
+
+
+def _auto_bind(method_ref: weakref.ref) -> Any:
+    """A global optimizer post-step hook that hands the first optimizer stepping the covered weights to
+    :meth:`ADMM.bind_optimizer` (the Method protocol passes no optimizer; ``--prox`` needs its lr)."""
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        method = method_ref()
+        if method is not None and method._lr_group is None:
+            with contextlib.suppress(ValueError):
+                method.bind_optimizer(optimizer)
+
+    return hook
+
+
+class ADMM(Method):
+    """Sparsity-quantization joint learning under a model-size budget (see the module docstring).
+
+    Building the method projects the (pretrained) model once: afterwards it keeps exactly
+    ``sum_l ceil(nnz_budget * n_l)`` weights.
+
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    >>> admm = ADMM(net, AdmmConfig(nnz_budget=0.25, bit_budget=2))
+    >>> admm.budget, sum(admm.nnz.values())  # (32 + 8 non-zeros) x 2 bits
+    (80.0, 40)
+    >>> q = admm.finalize(net)
+    >>> all(len(cb) - 1 <= 2 ** admm.bits[n] for n, cb in zip(q.quantized, q.codebooks))
+    True
+    """
+
+    name = "admm"
+
+    def __init__(self, model: nn.Module, config: AdmmConfig, n_train: int = 0) -> None:
+        self.config = c = validate(config)
+        self.covered = covered_parameters(model, pattern=c.cover_pattern)
+        numels = [p.numel() for p in self.covered.values()]
+        self.budget = model_size_budget(numels, c.nnz_budget, c.bit_budget)
+        self.bits = {n: math.floor(c.bit_budget) for n in self.covered}
+        self.nnz = {n: p.numel() for n, p in self.covered.items()}
+        self.dup = {n: p.detach().clone() for n, p in self.covered.items()}  # V
+        self.dual = {n: torch.zeros_like(p.detach()) for n, p in self.covered.items()}  # U
+        self.teacher = _frozen_copy(model) if c.kd_temp > 0 else None
+        self.finetune: _FineTune | None = None
+        self.epochs_done, self.steps_per_epoch = 0, 0
+        self.total_epochs: int | None = None
+        self._batch, self._done_at_batch = 0, (False, False)
+        self._lr_group: dict[str, Any] | None = None
+        self._bind_hook: Any = register_optimizer_step_post_hook(_auto_bind(weakref.ref(self)))
+        weakref.finalize(self, self._bind_hook.remove)
+        # Start from the pretrained model as train.py does with --pretrain (after its first batch): the first
+        # sparse projection uses floor(bit_budget) bits everywhere (its model_size_lb), then V, U are set.
+        self._sparse_projection(model_size_budget(numels, c.nnz_budget, math.floor(c.bit_budget)))
+        self._dual_update()
+
+    # --- the two projections --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sparse_projection(self, budget: float) -> None:
+        weights = list(self.covered.values())
+        masks = prune_to_budget(weights, [self.bits[n] for n in self.covered], budget)
+        for (n, p), mask in zip(self.covered.items(), masks, strict=True):
+            p.masked_fill_(~mask, 0.0)
+            self.nnz[n] = int((p != 0).sum())
+
+    @torch.no_grad()
+    def _dual_update(self) -> None:
+        c = self.config
+        xs = {n: p.detach() + self.dual[n] for n, p in self.covered.items()}
+        self.bits, self.dup = quantization_projection(xs, self.nnz, self.budget, c.bwlb, c.kmeans_iter)
+        for n, p in self.covered.items():
+            self.dual[n].add_(p.detach() - self.dup[n])
+
+    # --- optimizer link (for --prox) ------------------------------------------------------------------------------
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Use the learning rate of ``optimizer``'s group holding the covered weights in the ``prox`` step.
+
+        Called automatically by the first step of such an optimizer; call it yourself to be explicit."""
+        first = next(iter(self.covered.values()))
+        for group in optimizer.param_groups:
+            if any(p is first for p in group["params"]):
+                self._lr_group = group
+                return
+        raise ValueError("this optimizer does not update the weights the ADMM method covers")
+
+    def current_lr(self) -> float:
+        """The current learning rate of the covered weights (set per batch by the training loop's schedule)."""
+        if self._lr_group is None:
+            raise RuntimeError(
+                "the ADMM prox step needs the learning rate: step an optimizer over the model's "
+                "weights before after_step, or call method.bind_optimizer(optimizer)"
+            )
+        return float(self._lr_group["lr"])
+
+    def check_train(self, train: TrainConfig) -> None:
+        """Learn the training length, so fine-tuning runs in the last ``finetune_epochs`` (call before training)."""
+        if self.config.finetune_epochs > train.epochs:
+            raise ConfigError(
+                f"setting 'finetune_epochs' is {self.config.finetune_epochs} but training runs only "
+                f"{train.epochs} epochs (setting 'epochs')"
+            )
+        self.total_epochs = train.epochs
+        self._maybe_start_finetune()
+
+    def _maybe_start_finetune(self) -> None:
+        tune = self.config.finetune_epochs
+        due = tune and self.total_epochs is not None and self.epochs_done >= self.total_epochs - tune
+        if self.finetune is None and due:
+            self.finetune = _FineTune.start(self.covered, self.bits, self.config.kmeans_iter)
+
+    # --- hooks ----------------------------------------------------------------------------------------------------
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        if self.config.prox or self.finetune is not None:
+            return None
+        terms = [((p - self.dup[n] + self.dual[n]) ** 2).sum() for n, p in self.covered.items()]
+        return 0.5 * self.config.rho * torch.stack(terms).sum()
+
+    def extra_loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Knowledge distillation from the pretrained model (``kd_temp`` > 0), added to the task loss."""
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        return distillation_loss(logits, teacher_logits, self.config.kd_temp)
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        if self._lr_group is not None:
+            self._bind_hook.remove()
+        if self.config.finetune_epochs and self.total_epochs is None:
+            raise RuntimeError(
+                "ADMM fine-tuning needs the number of training epochs: call "
+                "method.check_train(train_config) before training"
+            )
+        self._batch += 1
+        if self.finetune is not None:
+            self._finetune_step()
+            return
+        c = self.config
+        if c.prox:
+            beta = self.current_lr() * c.rho
+            for n, p in self.covered.items():
+                p.add_(self.dup[n] - self.dual[n], alpha=beta).div_(1.0 + beta)
+        self._done_at_batch = (
+            bool(c.projint) and self._batch % c.projint == 0,
+            bool(c.dualint) and self._batch % c.dualint == 0,
+        )
+        if self._done_at_batch[0]:
+            self._sparse_projection(self.budget)
+        if self._done_at_batch[1]:
+            self._dual_update()
+
+    def _finetune_step(self) -> None:
+        """Straight-through step; codebook refreshes ``finetune_refresh`` times per epoch (finetune.py: 20)."""
+        self.finetune.step(self.covered)
+        every = max(1, round(self.steps_per_epoch / self.config.finetune_refresh)) if self.steps_per_epoch else 0
+        refresh = bool(every) and self._batch % every == 0
+        if refresh:
+            self.finetune.refresh(self.covered, REFRESH_ITERS)
+        self._done_at_batch = (refresh, refresh)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        # The epoch's last batch always projects (train.py: "... or batch_idx == len(train_loader) - 1").
+        if self.finetune is not None:
+            if not self._done_at_batch[0]:
+                self.finetune.refresh(self.covered, REFRESH_ITERS)
+        else:
+            if not self._done_at_batch[0]:
+                self._sparse_projection(self.budget)
+            if not self._done_at_batch[1]:
+                self._dual_update()
+        self.steps_per_epoch, self._batch, self._done_at_batch = self._batch, 0, (False, False)
+        self.epochs_done = epoch + 1
+        self._maybe_start_finetune()
+
+    @torch.no_grad()
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        total = sum(p.numel() for p in self.covered.values())
+        nnz = {n: int((p != 0).sum()) for n, p in self.covered.items()}
+        size = sum(self.bits[n] * k for n, k in nnz.items())
+        residual = sum(float(((p - self.dup[n]) ** 2).sum()) for n, p in self.covered.items())
+        return {
+            "sparsity": 1.0 - sum(nnz.values()) / max(total, 1),
+            "bits_mean": size / max(sum(nnz.values()), 1),
+            "budget_used": size / self.budget,
+            "admm_residual": residual / max(total, 1),
+            "finetuning": float(self.finetune is not None),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The budget and the learned per-layer bit widths and non-zeros (for report.json)."""
+        total = sum(p.numel() for p in self.covered.values())
+        layers = [
+            {"name": n, "numel": p.numel(), "nnz": int((p != 0).sum()), "bits": self.bits[n]}
+            for n, p in self.covered.items()
+        ]
+        return {
+            "nnz_budget": self.config.nnz_budget,
+            "bit_budget": self.config.bit_budget,
+            "budget_bits": self.budget,
+            "target_values_only_cr": 32.0 * total / self.budget,
+            "size_bits": sum(row["bits"] * row["nnz"] for row in layers),
+            "layers": layers,
+        }
+
+    def divergence_hint(self) -> str:
+        return "Likely cause: a learning rate or rho that is too high for SGD; lower --lr or --rho."
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "bits": dict(self.bits),
+            "nnz": dict(self.nnz),
+            "epochs_done": self.epochs_done,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_epochs": self.total_epochs,
+            "finetuning": self.finetune is not None,
+        }
+        state.update({f"dup.{n}": t for n, t in self.dup.items()})
+        state.update({f"dual.{n}": t for n, t in self.dual.items()})
+        if self.finetune is not None:
+            state.update(self.finetune.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bits = {n: int(state["bits"][n]) for n in self.covered}
+        self.nnz = {n: int(state["nnz"][n]) for n in self.covered}
+        self.epochs_done, self.steps_per_epoch = int(state["epochs_done"]), int(state["steps_per_epoch"])
+        if state.get("total_epochs") is not None:
+            self.total_epochs = int(state["total_epochs"])
+        for n, p in self.covered.items():
+            self.dup[n] = state[f"dup.{n}"].to(device=p.device, dtype=p.dtype)
+            self.dual[n] = state[f"dual.{n}"].to(device=p.device, dtype=p.dtype)
+        self.finetune = _FineTune.from_state(state, self.covered) if state["finetuning"] else None
+
+    # --- result ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def finalize(self, model: nn.Module) -> QuantizedModel:
+        """Per layer a codebook [0, at most 2^b_l values] and indices: the fine-tuned codebook, or (as
+        Yang's evaluation) a fresh k-means of the layer's non-zeros with its b_l free centres and a fixed 0."""
+        codebooks, assignments, codebook_of = [], {}, {}
+        for i, (n, p) in enumerate(self.covered.items()):
+            if self.finetune is not None:
+                codebook, index = self.finetune.codebooks[n], self.finetune.index[n]
+            else:
+                codebook = zero_codebook(p, self.bits[n], self.config.kmeans_iter)
+                index = zero_quantize(p, codebook)
+            codebook, index = compact_codebook(codebook[1:], index)  # drop the centres no weight uses
+            codebooks.append(codebook)
+            assignments[n] = index
+            codebook_of[n] = i
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        return QuantizedModel.from_assignments(state, assignments, codebooks, codebook_of)
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """The pretrained model as a frozen teacher (evaluation mode, no gradients)."""
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher

@@ -1,0 +1,96 @@
+"""Yang et al.'s quantization projection: per-layer codebooks of 2^b free levels plus a fixed 0, and the bits.
+
+The ADMM method (:mod:`weightshare.methods.admm.method`, Yang, Gui, Zhu & Liu, CVPR 2020) projects X = W + U onto
+"each layer's non-zeros take at most 2^b_l values" under the model-size budget (REFERENCES.md B.2, the
+authors' ``util.py``: ``zerok_means1D``, ``km_quantize_tensor``, ``sparse_quantize``):
+
+* the codebook for b bits is 1-D k-means of the layer's non-zeros with 2^b free centres plus a centre fixed
+  at 0, linearly initialised over the non-zeros' range (:func:`weightshare.core.kmeans.kmeans1d`, ``fixed_zero``);
+  the 0 is not counted, so a b-bit layer stores 2^b + 1 levels;
+* a value is mapped to its nearest level, 0 included; |x| < 1e-5 counts as 0;
+* the bit widths come from the greedy multiple-choice knapsack (:func:`weightshare.methods.admm.knapsack.mckp_greedy`)
+  on distortion against b·nnz_l bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from weightshare.core.kmeans import assign_nearest, kmeans1d
+from weightshare.methods.admm.knapsack import mckp_greedy
+
+__all__ = ["MAX_BITS", "ZERO_EPS", "zero_codebook", "refine_codebook", "zero_quantize", "quantization_projection"]
+
+MAX_BITS = 8
+# Yang's util.py (_NZ_PES): in the quantization projection |x| < 1e-5 counts as zero.
+ZERO_EPS = 1e-5
+
+
+def zero_codebook(x: torch.Tensor, bits: int, max_iter: int = 100) -> torch.Tensor:
+    """Codebook of Yang's quantization projection: entry 0 is the fixed 0, then at most 2^bits centres from
+    k-means of the non-zeros of ``x`` (|x| >= 1e-5), linearly initialised over their range.
+
+    >>> zero_codebook(torch.tensor([0.0, 1e-6, 1.0, 1.2, -2.0]), 1)
+    tensor([ 0.0000, -2.0000,  1.1000])
+    """
+    values = _nonzeros(x)
+    if values.numel() == 0:
+        return x.new_zeros(1)
+    return kmeans1d(values, 2**bits, init="linear", max_iter=max_iter, fixed_zero=True).centroids
+
+
+def refine_codebook(x: torch.Tensor, codebook: torch.Tensor, max_iter: int) -> torch.Tensor:
+    """A few Lloyd steps on the non-zeros of ``x``, starting from ``codebook`` (its 0 stays fixed).
+
+    >>> refine_codebook(torch.tensor([0.0, 1.0, 1.2, -2.0]), torch.tensor([0.0, -1.0, 1.0]), 5)
+    tensor([ 0.0000, -2.0000,  1.1000])
+    """
+    values = _nonzeros(x)
+    if values.numel() == 0 or codebook.numel() < 2:
+        return codebook
+    return kmeans1d(values, codebook.numel() - 1, init=codebook[1:], max_iter=max_iter, fixed_zero=True).centroids
+
+
+def _nonzeros(x: torch.Tensor) -> torch.Tensor:
+    values = x.detach().reshape(-1)
+    return values[values.abs() >= ZERO_EPS]
+
+
+def zero_quantize(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of each value's nearest codebook entry (``codebook[0]`` = 0); |x| < 1e-5 and entries that
+    are exactly 0 map to index 0, as in Yang's ``km_quantize_tensor``.
+
+    >>> zero_quantize(torch.tensor([0.4, 1e-6, -1.9, 0.6]), torch.tensor([0.0, -2.0, 1.0]))
+    tensor([0, 0, 1, 2])
+    """
+    index = assign_nearest(x, codebook)
+    index[(x.detach().abs() < ZERO_EPS) | (codebook[index] == 0)] = 0
+    return index
+
+
+def _distortion(x: torch.Tensor, codebook: torch.Tensor) -> float:
+    return float(((x.to(torch.float64) - codebook.to(torch.float64)[zero_quantize(x, codebook)]) ** 2).sum())
+
+
+def quantization_projection(
+    xs: dict[str, torch.Tensor], nnz: dict[str, int], budget: float, bwlb: int, max_iter: int
+) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+    """Yang's ``sparse_quantize``: bit widths b_l by the greedy MCKP on distortion vs ``b * nnz_l`` bits,
+    and the projection V_l = Q_{b_l}(X_l). Returns ``(bits, V)``.
+
+    >>> xs = {"a": torch.tensor([0.0, 1.0, 1.1, 3.0]), "b": torch.tensor([0.5, -0.5, 0.0])}
+    >>> quantization_projection(xs, {"a": 3, "b": 2}, budget=5, bwlb=1, max_iter=20)  # 1 bit each: 5 bits
+    ({'a': 1, 'b': 1}, {'a': tensor([0.0000, 1.0500, 1.0500, 3.0000]), 'b': tensor([ 0.5000, -0.5000,  0.0000])})
+    >>> quantization_projection(xs, {"a": 3, "b": 2}, budget=8, bwlb=1, max_iter=20)[0]  # a's 2nd bit is exact
+    {'a': 2, 'b': 1}
+    """
+    choices = list(range(bwlb, MAX_BITS + 1))
+    codebooks = {n: [zero_codebook(x, b, max_iter) for b in choices] for n, x in xs.items()}
+    costs = [[float(b * nnz[n]) for b in choices] for n in xs]
+    losses = [[_distortion(x, cb) for cb in codebooks[n]] for n, x in xs.items()]
+    picked = mckp_greedy(costs, losses, budget)
+    bits, projected = {}, {}
+    for (n, x), j in zip(xs.items(), picked, strict=True):
+        codebook = codebooks[n][j]
+        bits[n], projected[n] = choices[j], codebook[zero_quantize(x, codebook)]
+    return bits, projected

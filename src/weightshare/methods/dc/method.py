@@ -1,0 +1,359 @@
+"""Deep Compression (Han, Mao & Dally, ICLR 2016) as a Method: prune, share, fine-tune the centroids.
+
+One ``fit()`` run walks through the paper's first two stages (REFERENCES A.2);
+the third, entropy coding, is the codec's job (``model.wsz``), and the paper's
+own size estimate is :func:`weightshare.report.accounting.deep_compression_estimate`.
+
+Epoch schedule (``prune_rounds`` = R, ``prune_epochs`` = E, ``quant_epochs`` = Q;
+the training loop must run exactly R·E + Q epochs, :attr:`DCConfig.total_epochs`,
+which every preset sets; :meth:`DeepCompression.check_train` checks it):
+
+1. **Iterative pruning** (Sec. 2, after Han 2015b). Round 1 prunes when the method
+   is built (on the pretrained model); round r + 1 prunes at the end of epoch r·E.
+   Each round is followed by E retraining epochs of the survivors: the gradient of
+   a pruned weight is zeroed by a tensor hook and ``after_step`` re-applies the mask,
+   so neither Adam/SGD momentum nor weight decay can move a pruned weight off 0.
+2. **Trained quantization** (Sec. 3) at the end of epoch R·E: per layer, 1-D k-means
+   (:func:`weightshare.core.kmeans.kmeans1d`, linear init by default, Sec. 3.2) on the
+   non-zero weights with 2^b clusters (``bits_conv`` / ``bits_fc``, Sec. 5). For the
+   Q remaining epochs the forward pass uses C[I]: the weight's gradient hook adds
+   dL/dW into the centroid gradient, ``dL/dC_k = sum of dL/dW over {I == k}`` (Sec.
+   3.3, Fig. 3), and hands the weight a zero gradient; ``after_step`` writes
+   W = C[I] back. Indices and mask stay frozen; biases keep training.
+
+The metrics row of an epoch that ends a pruning round (or the pruning phase) is
+evaluated *after* the next pruning (or k-means) step, so the curves show the damage
+each step does and how retraining recovers it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightshare.core.codebook import compact_codebook
+from weightshare.core.coverage import covered_parameters
+from weightshare.core.errors import ConfigError
+from weightshare.core.kmeans import INIT_METHODS, kmeans1d
+from weightshare.core.quantized import QuantizedModel
+from weightshare.core.settings import setting, validate
+from weightshare.methods.base import Method, require_epochs
+from weightshare.methods.dc.pruning import (
+    kept_schedule,
+    magnitude_mask,
+    parse_values,
+    per_layer,
+    quality_schedule,
+    threshold_mask,
+)
+from weightshare.train.config import TrainConfig
+
+__all__ = ["DCConfig", "DeepCompression", "DC_PRESETS", "quantize_layer", "layer_bits"]
+
+
+@dataclasses.dataclass
+class DCConfig:
+    """Every knob of Deep Compression: the pruning schedule, the bit widths, k-means and fine-tuning."""
+
+    prune_by: str = setting(
+        "kept", "pruning rule: per-layer kept fractions, or |w| < quality * std(W)", choices=("kept", "std")
+    )
+    kept: str = setting(
+        "0.1",
+        "kept fraction per covered layer after the last round, in (0, 1]: one value "
+        "or a comma-separated list, one per layer (e.g. 0.08,0.09,0.26)",
+    )
+    quality: str = setting("1.0", "prune_by=std: per-layer quality parameter s (one value or a list)")
+    prune_rounds: int = setting(3, "iterative pruning rounds (0 = quantize the dense model)", ge=0)
+    prune_epochs: int = setting(2, "retraining epochs after each pruning round", ge=0)
+    quant_epochs: int = setting(2, "centroid fine-tuning epochs after k-means", ge=0)
+    bits_conv: int = setting(8, "index bits of conv layers: 2^b shared values per layer (paper: 8)", ge=1, le=16)
+    bits_fc: int = setting(
+        5, "index bits of fully connected layers: 2^b shared values per layer (paper: 5)", ge=1, le=16
+    )
+    kmeans_init: str = setting("linear", "k-means centroid initialisation", choices=INIT_METHODS)
+    kmeans_iter: int = setting(100, "at most this many Lloyd iterations per layer", ge=1)
+    kmeans_seed: int = setting(0, "seed of the forgy / kmeans++ initialisations", ge=0)
+    lr_centroids: float = setting(1e-4, "learning rate of the shared values during fine-tuning", ge=0)
+    cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the training loop must run: pruning rounds x retraining epochs + fine-tuning epochs."""
+        return self.prune_rounds * self.prune_epochs + self.quant_epochs
+
+    def kept_values(self) -> list[float]:
+        return parse_values(self.kept, "kept", low=0.0, high=1.0)
+
+    def quality_values(self) -> list[float]:
+        return parse_values(self.quality, "quality", low=0.0, high=float("inf"), low_open=False)
+
+    def check(self) -> None:
+        self.kept_values()
+        self.quality_values()
+
+
+# The paper's per-layer settings (REFERENCES A.4): LeNet-300-100 keeps 8% / 9% / 26% at 6 bits everywhere;
+# LeNet-5 keeps 66% / 12% / 8% / 19% with 8-bit conv and 5-bit fc. Retraining uses a constant learning rate
+# below the pretraining peak and a little L2 (Han 2015b Sec. 3.1-3.2). On our LeNet-300-100 checkpoint, 8 rounds
+# x 4 epochs at Adam 5e-4 recovered better (validation error 2.14%) than 5 x 6 at 1e-4 (2.38%): many small
+# rounds, as Han 2015b Fig. 5 suggests. Caffe's L2 (5e-4) with SGD at a constant 0.1 did better still on that
+# checkpoint, which Adam trained without any L2 (validation 1.98%, test 1.52%; Adam 5e-4 with L2 1e-4: 2.14% /
+# 1.65%; SGD 0.01: 2.56% / 1.82%; benchmarks/RESULTS.md). Each preset's train epochs equal its schedule's total.
+DC_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "digits": {
+        "train": {"epochs": 12, "lr": 1e-3, "weight_decay": 1e-5, "lr_schedule": "none"},
+        "dc": {
+            "kept": "0.3",
+            "prune_rounds": 3,
+            "prune_epochs": 3,
+            "quant_epochs": 3,
+            "bits_conv": 4,
+            "bits_fc": 4,
+            "lr_centroids": 1e-4,
+        },
+    },
+    "lenet300": {
+        "train": {"epochs": 40, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "lr_schedule": "none"},
+        "dc": {
+            "kept": "0.08,0.09,0.26",
+            "prune_rounds": 8,
+            "prune_epochs": 4,
+            "quant_epochs": 8,
+            "bits_conv": 6,
+            "bits_fc": 6,
+            "lr_centroids": 1e-5,
+        },
+    },
+    "lenet5": {
+        "train": {"epochs": 14, "lr": 5e-4, "weight_decay": 1e-5, "lr_schedule": "none"},
+        "dc": {
+            "kept": "0.66,0.12,0.08,0.19",
+            "prune_rounds": 5,
+            "prune_epochs": 2,
+            "quant_epochs": 4,
+            "bits_conv": 8,
+            "bits_fc": 5,
+            "lr_centroids": 1e-5,
+        },
+    },
+}
+
+
+def layer_bits(weight: torch.Tensor, config: DCConfig) -> int:
+    """Index bits of a covered tensor: conv weights (ndim >= 3) use ``bits_conv``, the rest ``bits_fc``.
+
+    >>> layer_bits(torch.zeros(20, 1, 5, 5), DCConfig(bits_conv=8, bits_fc=5))
+    8
+    """
+    return config.bits_conv if weight.dim() >= 3 else config.bits_fc
+
+
+def quantize_layer(
+    weight: torch.Tensor, mask: torch.Tensor, bits: int, *, init: str = "linear", max_iter: int = 100, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means of the kept weights into at most 2^bits centroids (Sec. 3); pruned weights are no cluster.
+
+    Returns ``(centroids, index)``: ``index`` is shaped like ``weight``, 0 where pruned and ``j + 1``
+    for centroid ``j``, so ``cat([0], centroids)[index]`` is the quantized layer.
+
+    >>> c, i = quantize_layer(torch.tensor([0.0, 1.0, 1.1, -2.0]), torch.tensor([False, True, True, True]), 1)
+    >>> c, i
+    (tensor([-2.0000,  1.0500]), tensor([0, 2, 2, 1]))
+    """
+    index = torch.zeros_like(weight, dtype=torch.int64)
+    values = weight.detach()[mask]
+    if values.numel() == 0:
+        return weight.new_zeros(0), index
+    result = kmeans1d(values, 2**bits, init=init, max_iter=max_iter, seed=seed)
+    index[mask] = result.labels.reshape(-1) + 1
+    return result.centroids.to(weight.dtype), index
+
+
+class DeepCompression(Method):
+    """Iterative magnitude pruning, then per-layer k-means weight sharing with trained centroids.
+
+    Building the method prunes round 1 of the model in place (see the module docstring). The final
+    codebooks hold 0 plus the used centroids (at most 2^b; here the small layer leaves one cluster empty).
+
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> dc = DeepCompression(net, DCConfig(kept="0.5", prune_rounds=1, prune_epochs=0, bits_fc=2))
+    >>> q = dc.finalize(net)
+    >>> [round(row["nnz"] / row["numel"], 2) for row in q.summary()], [len(cb) for cb in q.codebooks]
+    ([0.5, 0.5], [5, 4])
+    """
+
+    name = "dc"
+
+    def __init__(self, model: nn.Module, config: DCConfig, n_train: int = 0) -> None:
+        self.config = validate(config)
+        self.covered = covered_parameters(model, pattern=config.cover_pattern)
+        names = list(self.covered)
+        self.bits = {n: layer_bits(p, config) for n, p in self.covered.items()}
+        self.targets = per_layer(config.kept_values(), names, "kept") if config.prune_by == "kept" else {}
+        self.qualities = per_layer(config.quality_values(), names, "quality") if config.prune_by == "std" else {}
+        # Han 2015b: the threshold is s * std of the layer's (pretrained) weights, fixed for all rounds.
+        self.stds = {n: float(p.detach().std()) if p.numel() > 1 else 0.0 for n, p in self.covered.items()}
+        self.masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in self.covered.items()}
+        self.index = {n: torch.zeros_like(p, dtype=torch.int64) for n, p in self.covered.items()}
+        # Created up front so the one optimizer of the loop knows them; they get no gradient (so no
+        # update) until the quantization epoch fills them.
+        self.centroids = {n: nn.Parameter(p.new_zeros(2 ** self.bits[n])) for n, p in self.covered.items()}
+        self.epochs_done, self.rounds_done, self.quantized = 0, 0, False
+        self._hooks = [p.register_hook(self._grad_hook(n)) for n, p in self.covered.items()]
+        self._advance()
+
+    # --- schedule -------------------------------------------------------------------------
+    def _advance(self) -> None:
+        """Run every pruning round / the quantization that is due after ``epochs_done`` epochs."""
+        c = self.config
+        while self.rounds_done < c.prune_rounds and self.epochs_done >= self.rounds_done * c.prune_epochs:
+            self._prune_round(self.rounds_done)
+            self.rounds_done += 1
+        pruning_done = self.rounds_done == c.prune_rounds and self.epochs_done >= c.prune_rounds * c.prune_epochs
+        if pruning_done and not self.quantized:
+            self._quantize()
+
+    @torch.no_grad()
+    def _prune_round(self, r: int) -> None:
+        c = self.config
+        for n, p in self.covered.items():
+            if c.prune_by == "kept":
+                mask = magnitude_mask(p, kept_schedule(self.targets[n], c.prune_rounds)[r], self.masks[n])
+            else:
+                s = quality_schedule(self.qualities[n], c.prune_rounds)[r]
+                mask = threshold_mask(p, s * self.stds[n], self.masks[n])
+            self.masks[n] = mask
+            p.masked_fill_(~mask, 0.0)
+
+    @torch.no_grad()
+    def _quantize(self) -> None:
+        c = self.config
+        for n, p in self.covered.items():
+            centroids, index = quantize_layer(
+                p, self.masks[n], self.bits[n], init=c.kmeans_init, max_iter=c.kmeans_iter, seed=c.kmeans_seed
+            )
+            self.centroids[n].zero_()
+            self.centroids[n][: centroids.numel()] = centroids
+            self.index[n] = index
+            p.copy_(self._shared(n))
+        self.quantized = True
+
+    def _shared(self, name: str) -> torch.Tensor:
+        """The layer as C[I] (zero where pruned)."""
+        c = self.centroids[name].detach()
+        return torch.cat([c.new_zeros(1), c])[self.index[name]]
+
+    def check_train(self, train: TrainConfig) -> None:
+        """Refuse a training length that does not match the schedule (call before training)."""
+        check_epochs(self.config, train)
+
+    # --- hooks ----------------------------------------------------------------------------------------------
+    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            if not self.quantized:  # pruned connections get no gradient (Han 2015b Sec. 3.3)
+                return torch.where(self.masks[name], grad, torch.zeros_like(grad))
+            # Sec. 3.3: dL/dC_k = sum of dL/dW_ij over the weights with I_ij = k. Slot 0 collects the
+            # pruned weights and is dropped: they are no cluster.
+            centroid = self.centroids[name]
+            k = centroid.numel()
+            summed = grad.new_zeros(k + 1).index_add_(0, self.index[name].reshape(-1), grad.reshape(-1))[1:]
+            centroid.grad = summed if centroid.grad is None else centroid.grad + summed
+            return torch.zeros_like(grad)  # W is tied to C[I]; after_step writes it back
+
+        return hook
+
+    def parameters(self) -> list[dict[str, Any]]:
+        return [{"params": list(self.centroids.values()), "lr": self.config.lr_centroids}]
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        # The optimizer may have moved masked / tied weights (momentum, weight decay): project back.
+        for n, p in self.covered.items():
+            if self.quantized:
+                p.copy_(self._shared(n))
+            else:
+                p.masked_fill_(~self.masks[n], 0.0)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        self.epochs_done = epoch + 1
+        self._advance()
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        kept = sum(int(m.sum()) for m in self.masks.values())
+        total = sum(m.numel() for m in self.masks.values())
+        return {
+            "sparsity": 1.0 - kept / max(total, 1),
+            "prune_round": float(self.rounds_done),
+            "quantized": float(self.quantized),
+        }
+
+    def remove_hooks(self) -> None:
+        """Detach the gradient hooks from the model (e.g. to train it further without the method)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "epochs_done": self.epochs_done,
+            "rounds_done": self.rounds_done,
+            "quantized": self.quantized,
+            "stds": dict(self.stds),
+        }
+        for n in self.covered:
+            state[f"mask.{n}"] = self.masks[n]
+            state[f"index.{n}"] = self.index[n]
+            state[f"centroids.{n}"] = self.centroids[n].detach()
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_done = int(state["epochs_done"])
+        self.rounds_done = int(state["rounds_done"])
+        self.quantized = bool(state["quantized"])
+        self.stds = {n: float(v) for n, v in state["stds"].items()}
+        for n in self.covered:
+            device = self.covered[n].device
+            self.masks[n] = state[f"mask.{n}"].to(device=device, dtype=torch.bool)
+            self.index[n] = state[f"index.{n}"].to(device=device, dtype=torch.int64)
+            self.centroids[n].copy_(state[f"centroids.{n}"])  # in place: the optimizer holds this Parameter
+
+    # --- result ---------------------------------------------------------------------------------------------------
+    def finalize(self, model: nn.Module) -> QuantizedModel:
+        """One codebook per layer: entry 0 is the exact zero, then the layer's *used* centroids."""
+        if not self.quantized:
+            raise ConfigError(
+                f"Deep Compression stopped before its quantization step: the schedule needs "
+                f"{self.config.total_epochs} epochs (prune_rounds x prune_epochs + quant_epochs) but training ran "
+                f"{self.epochs_done}; set the train setting 'epochs' to {self.config.total_epochs}"
+            )
+        codebooks, assignments, codebook_of = [], {}, {}
+        for i, n in enumerate(self.covered):
+            codebook, index = compact_codebook(self.centroids[n].detach(), self.index[n])
+            codebooks.append(codebook)
+            assignments[n] = index
+            codebook_of[n] = i
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        return QuantizedModel.from_assignments(state, assignments, codebooks, codebook_of)
+
+
+def check_epochs(config: DCConfig, train: TrainConfig) -> None:
+    """The train epochs must equal the schedule's R·E + Q.
+
+    >>> schedule = DCConfig(prune_rounds=2, prune_epochs=3, quant_epochs=1)
+    >>> check_epochs(schedule, TrainConfig(epochs=6))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    weightshare.core.errors.ConfigError: setting 'epochs' is 6 but the Deep Compression schedule needs 7 (...)
+    """
+    detail = (
+        f"prune_rounds {config.prune_rounds} x prune_epochs {config.prune_epochs} + quant_epochs {config.quant_epochs}"
+    )
+    require_epochs(train.epochs, config.total_epochs, "the Deep Compression schedule", detail)

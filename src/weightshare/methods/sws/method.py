@@ -1,0 +1,218 @@
+"""Soft weight-sharing (Ullrich, Meeds & Welling, ICLR 2017) as a Method.
+
+Retraining minimises, per mini-batch (REFERENCES.md Part I §0.3 item 1)::
+
+    loss = mean cross-entropy + (tau / N) * L_C,   L_C = -log p(w) - log p(hyper-priors)
+
+with N the number of training examples and L_C evaluated on *all* covered
+weights at every step.
+
+How tau maps to the published values. Multiplying the mini-batch loss by N gives
+the full-data objective -log p(T|X,w) + tau·L_C, which is the paper's eq. 6 with
+the likelihood summed over the training set: our tau *is* the paper's tau, for
+any batch size and data-set size. The Keras tutorial uses exactly this form
+(Keras ``loss_weights`` of tau/N with tau = 0.003, N = 60,000); the ATDL2
+reproduction tuned tau to 4.4e-3 to 5e-3 in the same form. The paper's text
+says "tau = 0.05, similar to Nowlan & Hinton" without stating how the likelihood
+is normalised: read with a summed likelihood it is ``--tau 0.05`` here (a 10x
+stronger prior than the reproductions: more pruning, more error); read with a
+per-example mean likelihood it would be 0.05/N here, too weak to prune anything.
+The default, 5e-3, is the value the reproductions of Table 1 converge on.
+
+The mixture's own parameters get their own Adam groups (paper Sec. 4.2; tutorial
+rates): weights 5e-4, means 1e-4, log-precisions 3e-3, mixing logits 3e-3.
+After retraining, :meth:`SoftWeightSharing.finalize` merges near-identical
+components (paper eq. 8) and sets each weight to the mean of its most
+responsible component (MAP, paper Alg. 1); component 0 becomes the exact zero.
+The prior prunes weights one at a time, so it leaves some that can never matter
+(e.g. fc2 weights reading fc1 units with no input left); ``remove_dead`` has the
+compression pipeline drop them, which leaves the network's function unchanged
+(:func:`weightshare.finish.deadweights.remove_dead_weights`; not in the paper).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightshare.core.coverage import covered_parameters
+from weightshare.core.quantized import QuantizedModel
+from weightshare.core.settings import setting
+from weightshare.methods.base import Method
+from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
+
+__all__ = ["SWSConfig", "SoftWeightSharing", "SWS_PRESETS"]
+
+
+@dataclasses.dataclass
+class SWSConfig(MixtureConfig):
+    """Every knob of soft weight-sharing: the mixture (inherited) plus loss, rates and the finish."""
+
+    tau: float = setting(5e-3, "weight of the complexity loss: loss = CE + tau/N * L_C", ge=0)
+    tau_warmup_epochs: int = setting(0, "linear warm-up of tau over the first epochs", ge=0)
+    lr_w: float = setting(5e-4, "Adam learning rate of the network weights", gt=0)
+    lr_means: float = setting(1e-4, "Adam learning rate of the mixture means", ge=0)
+    lr_precisions: float = setting(3e-3, "Adam learning rate of the log-precisions", ge=0)
+    lr_mixing: float = setting(3e-3, "Adam learning rate of the mixing logits", ge=0)
+    include_biases: bool = setting(False, "put the biases under the prior too (as the tutorial does)")
+    cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    merge_kl: float = setting(1e-10, "merge mixture components whose KL divergence is below this", ge=0)
+    assign: str = setting(
+        "map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)", choices=("map", "ml")
+    )
+    quant_skip_last: bool = setting(False, "leave the last covered layer dense (float32)")
+    remove_dead: bool = setting(
+        True, "after quantizing, remove weights that provably never change the output (lossless; deadweights.py)"
+    )
+    codebook_epochs: int = setting(
+        0, "after quantizing: epochs that train the shared values and biases, indices fixed (not in the paper)", ge=0
+    )
+    codebook_lr: float = setting(1e-4, "Adam learning rate of that fine-tuning (constant)", gt=0)
+
+    def check(self) -> None:
+        validate_mixture = getattr(super(), "validate", None)
+        if callable(validate_mixture):
+            validate_mixture()
+
+
+# Presets (REFERENCES.md Part I): the paper's LeNet settings, WRN with 64 components, and the
+# Keras tutorial's network with its own settings (J = 16, pi0 = 0.99, tau = 0.003, 30 epochs).
+SWS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # digits has 1,257 training images (40 steps an epoch at batch 32), so the mixture gets 10x the
+    # paper's learning rates to converge in ~6,000 steps instead of ~43,000, and a larger tau.
+    "digits": {
+        "train": {"epochs": 150},
+        "sws": {"tau": 3e-2, "pi0": 0.99, "lr_w": 1e-3, "lr_means": 1e-3, "lr_precisions": 1e-2, "lr_mixing": 1e-2},
+    },
+    # tau swept over {5e-3, 1e-2, 2e-2} on LeNet-300-100 with the weights at 5e-4 (benchmarks/RESULTS.md): only
+    # 2e-2 reaches the paper's <= 5% non-zero, but decodes to 1.83-2.10% (six runs). With the weights at the
+    # pretraining rate (1e-3, paper Sec. 4.2, as for LeNet-5) the error drops (validation 2.10% vs 2.34%) and
+    # the sparsity with it (5.59% non-zero), so tau rises to 3e-2. A cosine decay of every learning rate lets
+    # the weights settle on their components before the hard assignment (1.88% vs 2.03% with a constant rate).
+    "lenet300": {"train": {"epochs": 100, "lr_schedule": "cosine"}, "sws": {"tau": 3e-2, "lr_w": 1e-3}},
+    # The paper's tau = 0.05 and "weights at about the pretraining lr" (1e-3 here, Sec. 4.2) with the cosine decay
+    # above; weights at 5e-4 gave 1.39%, at 2e-3 they leave the zero spike again (2% non-zero by epoch 24); a
+    # linear tau warm-up stalls the pruning at ~2.8% non-zero (RESULTS.md). Snapping to the means costs ~0.1
+    # point here, so this preset adds 3 epochs of codebook fine-tuning (not in the paper; lr and epochs picked on
+    # the validation split; codebook_epochs=0 is the paper's method): run with --val-size 0 (all 60k images).
+    "lenet5": {
+        "train": {"epochs": 100, "lr_schedule": "cosine"},
+        "sws": {"tau": 5e-2, "lr_w": 1e-3, "codebook_epochs": 3, "codebook_lr": 1e-3},
+    },
+    "wrn16_4": {
+        "train": {"epochs": 40},
+        "sws": {
+            "num_components": 64,
+            "pi0": 0.99,
+            "lr_w": 1e-3,
+            "lr_means": 3e-4,
+            "lr_precisions": 1e-3,
+            "lr_mixing": 1e-3,
+        },
+    },
+    "tutorialnet": {
+        "train": {"epochs": 30},
+        "sws": {"num_components": 16, "pi0": 0.99, "tau": 3e-3, "init_means": "fixed", "include_biases": True},
+    },
+}
+
+
+class SoftWeightSharing(Method):
+    """A Gaussian-mixture prior learned jointly with the weights, then hard quantization.
+
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> sws = SoftWeightSharing(net, SWSConfig(num_components=5), n_train=100)
+    >>> float(sws.penalty(net).detach()) != 0.0
+    True
+    >>> q = sws.finalize(net)
+    >>> sorted(q.quantized), q.codebooks[0][0].item()
+    (['0.weight', '2.weight'], 0.0)
+    """
+
+    name = "sws"
+
+    def __init__(self, model: nn.Module, config: SWSConfig, n_train: int) -> None:
+        if n_train <= 0:
+            raise ValueError(f"n_train must be positive, got {n_train}")
+        self.config = config
+        self.n_train = n_train
+        self.covered = covered_parameters(model, include_biases=config.include_biases, pattern=config.cover_pattern)
+        mixture_fields = {f.name for f in dataclasses.fields(MixtureConfig)}
+        mixture_cfg = MixtureConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in mixture_fields})
+        self.prior = MixturePrior([p.detach() for p in self.covered.values()], mixture_cfg)
+        self.prior.names = list(self.covered)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    # --- hooks ------------------------------------------------------------------------
+    def model_lr(self) -> float:
+        return self.config.lr_w
+
+    def parameters(self) -> list[dict[str, Any]]:
+        c = self.config
+        groups = [
+            {"params": [self.prior.means], "lr": c.lr_means},
+            {"params": [self.prior.log_precisions], "lr": c.lr_precisions},
+            {
+                "params": [p for n, p in self.prior.named_parameters() if n not in ("means", "log_precisions")],
+                "lr": c.lr_mixing,
+            },
+        ]
+        return [g for g in groups if g["params"]]
+
+    def tau_now(self) -> float:
+        """tau with its linear warm-up over the first ``tau_warmup_epochs`` epochs."""
+        warm = self.config.tau_warmup_epochs
+        return self.config.tau * (min(1.0, (self.epoch + 1) / warm) if warm else 1.0)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        loss = self.prior.complexity_loss(list(self.covered.values()))
+        return loss * (self.tau_now() / self.n_train)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        self.epoch = epoch + 1
+        self.history.append({"epoch": epoch + 1, **self.prior.to_json()})
+
+    @torch.no_grad()
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        weights = list(self.covered.values())
+        assigned = self.prior.assign(weights, rule=self.config.assign)
+        zeros = sum(int((a == 0).sum()) for a in assigned)
+        total = sum(a.numel() for a in assigned)
+        pis = self.prior.pis()
+        return {
+            "tau": self.tau_now(),
+            "complexity_loss": float(self.prior.complexity_loss(weights)),
+            "sparsity": zeros / max(total, 1),
+            "components": int((pis[1:] > 1e-3).sum()) + 1,
+        }
+
+    def divergence_hint(self) -> str:
+        return (
+            "Likely cause: mixture collapse (a component's variance went to 0); keep the Gamma hyper-priors on, "
+            "lower --lr-precisions or --tau."
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {f"prior.{k}": v for k, v in self.prior.state_dict().items()}
+        state.update({"epoch": self.epoch, "history": self.history})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.prior.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("prior.")})
+        self.epoch = int(state.get("epoch", 0))
+        self.history = list(state.get("history", []))
+
+    def finalize(self, model: nn.Module) -> QuantizedModel:
+        names = list(self.covered)
+        if self.config.quant_skip_last:
+            names = names[: -self._last_layer_size(names)]
+        return self.prior.quantize(model, rule=self.config.assign, kl_threshold=self.config.merge_kl, names=names)
+
+    def _last_layer_size(self, names: list[str]) -> int:
+        """Number of covered tensors of the last covered module (weight, and bias if covered)."""
+        last_module = names[-1].rsplit(".", 1)[0]
+        return sum(1 for n in names if n.rsplit(".", 1)[0] == last_module)

@@ -1,0 +1,96 @@
+"""The pipeline, one function per stage: pretrain, load a run, evaluate.
+
+These are what the CLI calls; they are also the Python API for scripted
+experiments. Compression stages live in :mod:`weightshare.pipeline.compress`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightshare.core.errors import RunDirError
+from weightshare.core.io import load_tensors, save_tensors, write_json
+from weightshare.core.settings import validate
+from weightshare.data.config import DataConfig
+from weightshare.data.datasets import DataBundle, load_data
+from weightshare.models.architectures import build_model
+from weightshare.runs.rundir import RunDir
+from weightshare.train.config import TrainConfig
+from weightshare.train.loop import evaluate, fit
+
+__all__ = ["pretrain", "load_run_model", "set_threads", "data_config_of", "evaluate_model"]
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def pretrain(
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    data: DataBundle | None = None,
+) -> dict[str, Any]:
+    """Train a model from scratch into run directory ``out``; returns the final metrics row.
+
+    Writes ``config.json``, ``env.json``, ``metrics.csv``, ``checkpoints/`` and the final
+    weights ``model.safetensors``.
+    """
+    validate(data_cfg)
+    validate(train_cfg)
+    set_threads(train_cfg.threads)
+    config = {"command": "pretrain", "data": asdict(data_cfg), "train": asdict(train_cfg)}
+    run = RunDir.open(out) if resume else RunDir.create(out, config)
+    data = data or load_data(data_cfg)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(train_cfg.model, data.num_classes)
+    fit(
+        model,
+        data,
+        train_cfg,
+        run=run,
+        phase="pretrain",
+        resume=resume,
+        batch_size=data_cfg.batch_size,
+        progress=progress,
+    )
+    save_tensors(run.file("model.safetensors"), model.state_dict())
+    final = {"val_error": evaluate(model, data.val)["error"], "test_error": evaluate(model, data.test)["error"]}
+    write_json(run.file("result.json"), {**final, "epochs": train_cfg.epochs, "model": train_cfg.model})
+    return final
+
+
+def data_config_of(run: RunDir) -> DataConfig:
+    """The data settings a run was made with (so every method starting from it sees the same data)."""
+    return DataConfig(**run.config["data"])
+
+
+def load_run_model(source: str | os.PathLike, num_classes: int | None = None) -> tuple[nn.Module, RunDir]:
+    """The final model of a run directory (``model.safetensors`` + ``config.json``)."""
+    run = RunDir.open(source)
+    cfg = run.config
+    model_name = cfg.get("train", {}).get("model") or cfg.get("model")
+    if model_name is None:
+        raise RunDirError(f"{run.file('config.json')}: no model name recorded")
+    classes = num_classes or cfg.get("num_classes") or (100 if cfg["data"]["dataset"] == "cifar100" else 10)
+    model = build_model(model_name, classes)
+    weights = Path(run.file("model.safetensors"))
+    if not weights.is_file():
+        raise RunDirError(f"{weights} does not exist: the run in {run.path} has not finished")
+    model.load_state_dict(load_tensors(weights))
+    return model, run
+
+
+def evaluate_model(model: nn.Module, data: DataBundle) -> dict[str, float]:
+    """Validation and test error (%) of a model."""
+    return {"val_error": evaluate(model, data.val)["error"], "test_error": evaluate(model, data.test)["error"]}

@@ -1,0 +1,131 @@
+"""Run directories: everything a result depends on and everything it produced.
+
+A run directory holds ``config.json`` (every resolved setting), ``env.json``
+(versions, CPU/GPU, git commit), ``metrics.csv``, ``checkpoints/`` and, after a
+compression, the quantized checkpoint, ``model.wsz``, ``report.json`` and
+``figures/``. Every file is written atomically (a temporary file in the same
+directory, then ``os.replace``), so a crash never leaves a half-written file that
+looks valid. An existing run directory is never silently overwritten.
+
+Tensors are stored with safetensors and everything else as JSON: nothing is
+ever pickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weightshare.core.errors import RunDirError
+from weightshare.core.io import atomic_write_text, read_json, write_json
+
+__all__ = [
+    "RunDir",
+    "RunDirError",
+    "environment",
+]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions, hardware and git commit, for env.json."""
+    import numpy
+
+    from weightshare.core.version import __version__
+
+    return {
+        "weightshare": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": _git_commit(),
+    }
+
+
+class RunDir:
+    """A run directory; ``RunDir.create`` refuses to reuse a non-empty one."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @staticmethod
+    def check_new(path: str | os.PathLike) -> None:
+        """Refuse a non-empty directory (call early, before any slow work)."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise RunDirError(
+                f"run directory {path} already exists and is not empty; choose another --out, "
+                "remove it, or pass --resume to continue that run"
+            )
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: Mapping[str, Any]) -> RunDir:
+        path = Path(path)
+        cls.check_new(path)
+        run = cls(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(run.file("config.json"), dict(config))
+        write_json(run.file("env.json"), environment())
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunDir:
+        run = cls(path)
+        if not run.file("config.json").is_file():
+            raise RunDirError(f"{path} is not a run directory (no config.json)")
+        return run
+
+    def file(self, *parts: str) -> Path:
+        return self.path.joinpath(*parts)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return read_json(self.file("config.json"))
+
+    # --- metrics.csv ------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, str]]:
+        path = self.file("metrics.csv")
+        if not path.is_file():
+            return []
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Rewrite metrics.csv atomically; the header is the union of all columns seen."""
+        columns: list[str] = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        atomic_write_text(self.file("metrics.csv"), buffer.getvalue())
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    return value

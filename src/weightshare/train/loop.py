@@ -1,0 +1,256 @@
+"""The one training loop: pretraining and every method's retraining.
+
+A :class:`~weightshare.methods.base.Method` plugs in through its hooks
+(``parameters``, ``penalty``, ``after_step``, ``on_epoch_end``); with no method
+this is plain training. Each epoch ends with an evaluation on the validation
+split (and the test split, for reporting only), one row in ``metrics.csv`` and
+a checkpoint (safetensors + JSON, never pickle). The shuffling of epoch ``e``
+depends only on ``(seed, e)`` and the torch RNG state is checkpointed, so a
+resumed run ends with the same weights, bit for bit, as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from weightshare.core.errors import RunDirError, TrainingDiverged
+from weightshare.core.io import load_tensors, read_json, save_tensors, write_json
+from weightshare.data.datasets import DataBundle, Split, batches
+from weightshare.methods.base import Method, PlainTraining
+from weightshare.runs.rundir import RunDir
+from weightshare.train.config import TrainConfig
+
+__all__ = ["fit", "evaluate", "FitResult", "TrainingDiverged", "build_optimizer", "lr_factor"]
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str, float]:
+    """Top-1 error (%) and mean cross-entropy of ``model`` on a split.
+
+    >>> from weightshare.data.datasets import Split
+    >>> net = nn.Linear(2, 2)
+    >>> evaluate(net, Split(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))["error"] in (0.0, 100.0)
+    True
+    """
+    was_training = model.training
+    model.eval()
+    wrong, loss_sum = 0, 0.0
+    for x, y in batches(split, batch_size):
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        wrong += int((logits.argmax(1) != y).sum())
+    model.train(was_training)
+    if len(split) == 0:  # e.g. --val-size 0: no validation split, so no figure (not a 0% error)
+        return {"error": math.nan, "loss": math.nan}
+    return {"error": 100.0 * wrong / len(split), "loss": loss_sum / len(split)}
+
+
+def build_optimizer(model: nn.Module, method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Model parameters (the method may set their lr) plus the method's own groups."""
+    model_lr = method.model_lr() or cfg.lr
+    groups = [{"params": method.trainable(model), "lr": model_lr, "weight_decay": cfg.weight_decay}]
+    groups += [{"weight_decay": 0.0, **g} for g in method.parameters()]
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=model_lr, momentum=cfg.momentum)
+    return torch.optim.Adam(groups, lr=model_lr)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of every group's initial lr at (epoch, step): linear warm-up, then cosine or step decay.
+
+    >>> lr_factor(TrainConfig(epochs=10, lr_schedule="cosine"), 5, 0, 100)
+    0.5
+    """
+    progress = epoch + step / max(steps_per_epoch, 1)
+    if cfg.warmup_epochs and progress < cfg.warmup_epochs:
+        return (progress + 1 / max(steps_per_epoch, 1)) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1)
+        return 0.5 * (1 + math.cos(math.pi * min((progress - cfg.warmup_epochs) / span, 1.0)))
+    if cfg.lr_schedule == "step":
+        return cfg.lr_step_gamma ** (epoch // cfg.lr_step_epochs)
+    return 1.0
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+def _save_checkpoint(run: RunDir, name: str, model, optimizer, method, epoch: int, history) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    method_json: dict[str, Any] = {}
+    for key, value in method.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            tensors[f"method.{key}"] = value
+        else:
+            method_json[key] = value
+    opt_state = optimizer.state_dict()
+    opt_json: dict[str, Any] = {"param_groups": opt_state["param_groups"], "state": {}}
+    for pid, entries in opt_state["state"].items():
+        opt_json["state"][str(pid)] = {}
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                opt_json["state"][str(pid)][key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_tensors(run.file("checkpoints", f"{name}.safetensors"), tensors, {"epoch": str(epoch)})
+    write_json(
+        run.file("checkpoints", f"{name}.json"),
+        {"epoch": epoch, "optimizer": opt_json, "method": method_json, "history": history},
+    )
+
+
+def _load_checkpoint(run: RunDir, name: str, model, optimizer, method) -> tuple[int, list[dict[str, Any]]]:
+    meta = read_json(run.file("checkpoints", f"{name}.json"))
+    tensors = load_tensors(run.file("checkpoints", f"{name}.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    method_state = dict(meta["method"])
+    method_state.update({k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
+    method.load_state_dict(method_state)
+    opt = meta["optimizer"]
+    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in opt["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, entry = key.split(".", 2)
+            state.setdefault(int(pid), {})[entry] = value
+    optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["epoch"]), list(meta["history"])
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def _train_epoch(model, data: DataBundle, cfg: TrainConfig, batch_size: int, method, optimizer, epoch, bar):
+    model.train()
+    steps = math.ceil(len(data.train) / batch_size)
+    totals = {"loss": 0.0, "task_loss": 0.0, "penalty": 0.0}
+    seen = 0
+    for step, (x, y) in enumerate(
+        batches(data.train, batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch, augment=data.augment)
+    ):
+        factor = lr_factor(cfg, epoch, step, steps)
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * factor
+        logits = model(x)
+        task = F.cross_entropy(logits, y)
+        penalty = _sum_terms(method.penalty(model), method.extra_loss(model, x, y, logits))
+        loss = task if penalty is None else task + penalty
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(_divergence_message(method, epoch, step, task, penalty))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_step(model)
+        n, value = len(y), float(loss.detach())
+        seen += n
+        totals["loss"] += value * n
+        totals["task_loss"] += float(task.detach()) * n
+        totals["penalty"] += (float(penalty.detach()) if penalty is not None else 0.0) * n
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+    return {k: v / max(seen, 1) for k, v in totals.items()}
+
+
+def _sum_terms(*terms: torch.Tensor | None) -> torch.Tensor | None:
+    present = [t for t in terms if t is not None]
+    return sum(present[1:], present[0]) if present else None
+
+
+def _divergence_message(method: Method, epoch: int, step: int, task, penalty) -> str:
+    hint = getattr(method, "divergence_hint", lambda: "")()
+    values = f"task loss {float(task.detach()):.4g}"
+    values += f", penalty {float(penalty.detach()):.4g}" if penalty is not None else ""
+    return (
+        f"training diverged in epoch {epoch + 1}, batch {step + 1}: the loss is not finite ({values}). "
+        f"{hint or 'Likely cause: a learning rate that is too high.'} The last good checkpoint is kept."
+    )
+
+
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: TrainConfig,
+    *,
+    method: Method | None = None,
+    run: RunDir | None = None,
+    phase: str = "pretrain",
+    resume: bool = False,
+    batch_size: int = 128,
+    progress: bool = True,
+    history: list[dict[str, Any]] | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> FitResult:
+    """Train ``model`` for ``cfg.epochs`` epochs, with a method's hooks if one is given.
+
+    ``history`` holds earlier rows (e.g. the pretraining curve) that metrics.csv keeps in front.
+    """
+    method = method or PlainTraining()
+    optimizer = build_optimizer(model, method, cfg)
+    rows, start = list(history or []), 0
+    if resume:
+        if run is None or not run.file("checkpoints", "last.json").is_file():
+            raise RunDirError(f"nothing to resume in {run.path if run else '(no run directory)'}: no checkpoint")
+        start, rows = _load_checkpoint(run, "last", model, optimizer, method)
+        start += 1
+    steps = math.ceil(len(data.train) / batch_size)
+    with tqdm(
+        total=steps * max(cfg.epochs - start, 0),
+        disable=not progress,
+        desc=phase,
+        unit="batch",
+        mininterval=0.5,
+        leave=False,
+    ) as bar:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            train_stats = _train_epoch(model, data, cfg, batch_size, method, optimizer, epoch, bar)
+            seconds = time.perf_counter() - t0
+            method.on_epoch_end(model, epoch)
+            row = {"phase": phase, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats}
+            row["val_error"] = evaluate(model, data.val)["error"]
+            if cfg.eval_test:
+                row["test_error"] = evaluate(model, data.test)["error"]
+            row.update(method.epoch_metrics(model))
+            row["seconds"] = seconds
+            rows.append(row)
+            if run is not None:
+                run.write_metrics(rows)
+                _save_checkpoint(run, "last", model, optimizer, method, epoch, rows)
+            if on_epoch is not None:
+                on_epoch(epoch, model)
+            if progress:
+                tqdm.write(_epoch_line(row))
+    return FitResult(model, rows)
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    parts = [f"{row['phase']} epoch {row['epoch']}", f"loss {row['loss']:.4f}", f"val err {row['val_error']:.2f}%"]
+    if "test_error" in row:
+        parts.append(f"test err {row['test_error']:.2f}%")
+    for key in ("sparsity", "tau"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.4g}")
+    parts.append(f"{row['seconds']:.1f}s")
+    return " | ".join(parts)

@@ -1,0 +1,297 @@
+"""The .wsz codec: bit-exact round trips, sizes near the entropy limit, and refusal of bad files."""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from weightshare.codec import (
+    check_compatible,
+    decode,
+    encode,
+    entropy_bound_bytes,
+    file_rates,
+    format_inspect,
+    inspect,
+    load_compressed,
+    save_compressed,
+)
+from weightshare.codec.ans import GapCode, ans_decode, ans_encode, entropy_bits
+from weightshare.codec.bitstream import Reader, pack_bits, unpack_bits, varint
+from weightshare.codec.container import MAGIC
+from weightshare.core.errors import FormatError
+from weightshare.core.quantized import QuantizedModel, QuantizedTensor
+
+
+def assert_same(a: QuantizedModel, b: QuantizedModel, float16: bool = False) -> None:
+    """Bit-exact equality (float16: equal to the original rounded to float16)."""
+
+    def exact(x: torch.Tensor) -> torch.Tensor:
+        x = x.half().float() if float16 else x
+        return x.contiguous().view(torch.int32)
+
+    assert len(a.codebooks) == len(b.codebooks)
+    for ca, cb in zip(a.codebooks, b.codebooks, strict=True):
+        assert torch.equal(exact(ca), cb.view(torch.int32))
+    assert list(a.quantized) == list(b.quantized) and list(a.dense) == list(b.dense)
+    for name, qt in a.quantized.items():
+        assert b.quantized[name].codebook == qt.codebook
+        assert b.quantized[name].indices.shape == qt.indices.shape
+        assert torch.equal(b.quantized[name].indices, qt.indices.to(torch.int64))
+    for name, t in a.dense.items():
+        assert b.dense[name].shape == t.shape and torch.equal(exact(t), b.dense[name].view(torch.int32))
+    assert b.meta == a.meta
+
+
+@st.composite
+def qmodels(draw: st.DrawFn) -> QuantizedModel:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_cb = draw(st.integers(1, 3))
+    sizes = [draw(st.sampled_from([1, 2, 3, 17, 256, 300])) for _ in range(n_cb)]
+    codebooks = [torch.from_numpy(np.r_[0.0, rng.normal(0, 0.3, k - 1)].astype(np.float32)) for k in sizes]
+    quantized, dense = {}, {}
+    for t in range(draw(st.integers(0, 4))):
+        shape = tuple(draw(st.lists(st.sampled_from([0, 1, 2, 3, 7, 64, 300]), max_size=3)))
+        cb = draw(st.integers(0, n_cb - 1))
+        zeros = draw(st.sampled_from([0.0, 0.3, 0.9, 0.99, 0.999, 1.0]))
+        n = math.prod(shape)
+        idx = np.where(rng.random(n) < zeros, 0, rng.integers(0, sizes[cb], n))
+        if draw(st.booleans()) and n:  # a skewed histogram over few symbols
+            idx = np.minimum(rng.geometric(0.6, n) - 1, sizes[cb] - 1) * (rng.random(n) >= zeros)
+        quantized[f"layer{t}.weight"] = QuantizedTensor(torch.from_numpy(idx.reshape(shape)), cb)
+    for t in range(draw(st.integers(0, 2))):
+        shape = tuple(draw(st.lists(st.integers(0, 5), max_size=2)))
+        dense[f"layer{t}.bias"] = torch.from_numpy(rng.normal(0, 2, shape).astype(np.float32))
+    meta = draw(st.sampled_from([{}, {"method": "sws", "model": "lenet5", "tau": 0.005}]))
+    return QuantizedModel(codebooks, quantized, dense, meta)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(qmodels(), st.booleans())
+def test_round_trip_is_bit_exact(q: QuantizedModel, float16: bool) -> None:
+    data = encode(q, float16=float16)
+    back = decode(data)
+    assert_same(q, back, float16)
+    assert encode(q, float16=float16) == data  # deterministic
+    report = inspect(data)
+    parts = report.header_bytes + report.meta_bytes + report.table_bytes + report.codebook_bytes
+    assert parts + report.stream_bytes + report.dense_bytes == len(data) == report.file_bytes
+    assert report.float16 is float16
+
+
+def test_save_writes_exactly_the_reported_bytes(tmp_path) -> None:
+    q = QuantizedModel([torch.tensor([0.0, 1.5, -2.0])], {"w": QuantizedTensor(torch.tensor([[0, 1], [2, 2]]))},
+                       {"b": torch.tensor([0.25, -0.0])}, {"method": "dc"})  # fmt: skip
+    path = tmp_path / "m.wsz"
+    n = save_compressed(q, path)
+    assert n == path.stat().st_size == len(encode(q))
+    assert_same(q, load_compressed(path))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.wsz"]  # no temp file left behind
+
+
+def test_edge_cases_cost_what_they_should() -> None:
+    k = torch.tensor([0.0, 0.5, -0.5, 0.25])
+    tensors = {
+        "empty": torch.zeros(0, 5, dtype=torch.int64),
+        "scalar": torch.tensor(3),
+        "single": torch.tensor([2]),
+        "zeros": torch.zeros(500, 800, dtype=torch.int64),
+        "one_symbol": torch.full((64, 64), 3),
+    }
+    q = QuantizedModel([k], {n: QuantizedTensor(t) for n, t in tensors.items()})
+    data = encode(q)
+    assert_same(q, decode(data))
+    rows = {r.name: r for r in inspect(data).rows}
+    assert rows["zeros"].total_bytes == 2 and rows["zeros"].nnz == 0  # 400k zeros: two empty tables
+    assert rows["one_symbol"].stream_bytes == 0 and rows["one_symbol"].unique == 1
+    assert rows["empty"].total_bytes == 1 and rows["scalar"].stream_bytes == 0
+    assert len(data) == 110  # 38 of them are the names; the codebook takes 12
+
+
+def test_index_stream_reaches_the_empirical_entropy() -> None:
+    rng = np.random.default_rng(0)
+    p = np.r_[0.9, np.full(16, 0.1 / 16)]
+    idx = rng.choice(17, size=266_200, p=p)
+    q = QuantizedModel([torch.linspace(0, 1, 17)], {"w": QuantizedTensor(torch.from_numpy(idx))})
+    row = inspect(encode(q)).rows[0]
+    h = entropy_bits(np.bincount(idx)) / 8
+    assert row.stream_bytes + row.raw_bits_bytes <= 1.001 * h + 16
+    assert row.index_entropy_bytes == pytest.approx(h)
+
+
+def test_sparse_layout_wins_on_structured_sparsity() -> None:
+    idx = torch.zeros(500, 800, dtype=torch.int64)
+    idx[:, ::97] = torch.randint(1, 17, (500, 9), generator=torch.Generator().manual_seed(0))
+    q = QuantizedModel([torch.linspace(0, 1, 17)], {"w": QuantizedTensor(idx)})
+    row = inspect(encode(q)).rows[0]
+    assert row.layout == "sparse"
+    assert row.total_bytes < 0.5 * row.index_entropy_bytes  # positions are regular, indices are not
+    dense_idx = torch.randint(0, 17, (300, 300), generator=torch.Generator().manual_seed(1))
+    q2 = QuantizedModel([torch.linspace(0, 1, 17)], {"w": QuantizedTensor(dense_idx)})
+    assert inspect(encode(q2)).rows[0].layout == "dense"
+
+
+def test_huge_gaps_use_raw_bits() -> None:
+    idx = torch.zeros(1 << 22, dtype=torch.int64)
+    idx[[5, 1_000_003, (1 << 22) - 1]] = torch.tensor([1, 2, 1])
+    q = QuantizedModel([torch.tensor([0.0, 1.0, 2.0])], {"w": QuantizedTensor(idx)})
+    data = encode(q)
+    assert_same(q, decode(data))
+    assert len(data) < 60
+
+
+def test_gap_code_round_trips_every_range() -> None:
+    gaps = np.r_[np.arange(300), 2 ** np.arange(31) - 1, 2 ** np.arange(31), 2**31 - 1]
+    for d, m in [(0, 0), (3, 1), (4, 3), (12, 2), (15, 3)]:
+        code = GapCode(d, m)
+        sym, nbits, raw = code.symbols(gaps)
+        assert (code.extra_bits(int(sym.max()) + 1)[sym] == nbits).all()
+        assert sym.max() < code.max_alphabet
+        packed = pack_bits(raw, nbits)
+        back = code.gaps(sym, lambda nb, packed=packed: unpack_bits(packed, nb))
+        assert np.array_equal(back, gaps)
+
+
+def test_primitives() -> None:
+    for v in [0, 1, 127, 128, 2**35, 2**63 - 1]:
+        assert Reader(varint(v)).uvarint() == v
+    with pytest.raises(FormatError, match="non-canonical"):
+        Reader(b"\x80\x00").uvarint()
+    with pytest.raises(FormatError, match="exceeds"):
+        Reader(varint(300)).uvarint(limit=299)
+    s = np.array([3, 3, 1, 0, 3, 3, 3])
+    counts = np.bincount(s)
+    assert ans_decode(ans_encode([(s, counts)]), [counts])[0].tolist() == s.tolist()
+    with pytest.raises(FormatError, match="shorter than its information"):
+        ans_decode(b"", [np.full(4, 1000)])
+
+
+# --- bad input --------------------------------------------------------------
+def sample_model() -> QuantizedModel:
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.randint(0, 5, (20, 30), generator=g) * (torch.rand(20, 30, generator=g) < 0.2)
+    w2 = torch.randint(0, 5, (10, 20), generator=g)
+    cbs = [torch.tensor([0.0, 0.1, -0.1, 0.2, -0.2])]
+    return QuantizedModel(cbs, {"fc1.weight": QuantizedTensor(w1), "fc2.weight": QuantizedTensor(w2)},
+                          {"fc1.bias": torch.randn(20, generator=g), "fc2.bias": torch.randn(10, generator=g)},
+                          {"method": "sws"})  # fmt: skip
+
+
+def with_crc(body: bytes, prefix: bytes = MAGIC + b"\x01\x00") -> bytes:
+    return prefix + struct.pack("<I", zlib.crc32(body)) + body
+
+
+def test_refuses_truncated_foreign_newer_and_corrupted_files() -> None:
+    data = encode(sample_model())
+    for n in range(len(data)):
+        with pytest.raises(FormatError):
+            decode(data[:n])
+    with pytest.raises(FormatError, match="not a .wsz"):
+        decode(b"PK\x03\x04" + data[4:])
+    with pytest.raises(FormatError, match="newer format version 2"):
+        decode(data[:4] + b"\x02" + data[5:])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    with pytest.raises(FormatError, match="checksum"):
+        decode(bytes(flipped))
+    with pytest.raises(FormatError, match="body"):
+        decode(with_crc(data[10:] + b"\0"))  # trailing garbage
+
+
+def test_refuses_absurd_sizes_before_allocating() -> None:
+    # meta "", one name part "w", no codebooks, no quantized, one dense tensor of 2**20 x 2**20.
+    head = b"\x00" + b"\x01\x01w" + b"\x00" + b"\x00" + b"\x01" + b"\x01" + b"\x02" + varint(2**20) * 2
+    with pytest.raises(FormatError, match="more than 2147483648 elements"):
+        decode(with_crc(head))
+    small = b"\x00\x01\x01w\x00\x00\x01\x01\x02" + varint(2**15) * 2  # 2**30 floats declared, none present
+    start = time.perf_counter()
+    with pytest.raises(FormatError, match="declares a body of 4294967296 bytes"):
+        decode(with_crc(small))
+    assert time.perf_counter() - start < 0.5
+
+
+def test_check_compatible_names_the_problem() -> None:
+    q = sample_model()
+    net = nn.Sequential()
+    net.add_module("fc1", nn.Linear(30, 20))
+    net.add_module("fc2", nn.Linear(20, 10))
+    check_compatible(q, net)
+    bad = nn.Sequential()
+    bad.add_module("fc1", nn.Linear(31, 20))
+    with pytest.raises(
+        FormatError, match=r"fc2.weight: not in the model.*fc1.weight: shape \(20, 30\) in the file, \(20, 31\)"
+    ):
+        check_compatible(q, bad)
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    b = bytearray(data)
+    op = rng.randrange(4)
+    if op == 0:
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif op == 1:
+        b[rng.randrange(len(b))] = rng.randrange(256)
+    elif op == 2:
+        del b[rng.randrange(len(b)) :]
+    else:
+        i = rng.randrange(len(b))
+        b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
+    if rng.random() < 0.8 and len(b) >= 10:  # most mutations get a fresh CRC so they reach the parser
+        b[6:10] = struct.pack("<I", zlib.crc32(bytes(b[10:])))
+    return bytes(b)
+
+
+def test_fuzz_only_format_errors() -> None:
+    seeds = [encode(sample_model()), encode(sample_model(), float16=True)]
+    seeds.append(encode(QuantizedModel([torch.tensor([0.0, 1.0])], {"a.b": QuantizedTensor(torch.tensor([0, 1]))})))
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "FormatError": 0}
+    start = time.perf_counter()
+    for i in range(5000):
+        data = mutate(seeds[i % len(seeds)], rng)
+        try:
+            decode(data)
+            inspect(data)
+            outcomes["ok"] += 1
+        except FormatError:
+            outcomes["FormatError"] += 1
+    assert outcomes["FormatError"] > 3500 and sum(outcomes.values()) == 5000
+    assert time.perf_counter() - start < 20
+
+
+# --- reporting ----------------------------------------------------------------
+def test_inspect_rates_and_bound() -> None:
+    q = sample_model()
+    data = encode(q)
+    report = inspect(data)
+    assert [r.name for r in report.rows] == ["fc1.weight", "fc2.weight", "fc1.bias", "fc2.bias"]
+    fc1 = report.rows[0]
+    assert (fc1.numel, fc1.nnz, fc1.shape) == (600, q.quantized["fc1.weight"].nnz, (20, 30))
+    assert fc1.unique == q.unique_values("fc1.weight")
+    assert report.rows[2].layout == "raw" and report.rows[2].stream_bytes == 80
+    rates = file_rates(report)
+    assert rates["cr_all"] == pytest.approx(32 * 830 / (8 * len(data)))
+    assert rates["cr_weights"] > rates["cr_all"]
+    bound = entropy_bound_bytes(q)
+    assert bound <= len(data) <= 1.01 * bound + 16
+    text = format_inspect(report)
+    assert "fc1.weight" in text and "CR_all" in text and f"file {len(data)} B" in text
+    assert report.to_dict()["rows"][0]["name"] == "fc1.weight"
+
+
+def test_float16_option() -> None:
+    q = sample_model()
+    assert len(encode(q, float16=True)) < len(encode(q))
+    big = QuantizedModel([torch.tensor([0.0, 1e6])], {}, {})
+    with pytest.raises(ValueError, match="float16 range"):
+        encode(big, float16=True)

@@ -1,0 +1,150 @@
+import gzip
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from weightshare.core.errors import DataError
+from weightshare.data import datasets as wsdata
+from weightshare.data.config import DataConfig
+from weightshare.data.datasets import augment_shift_flip, batches, load_data, read_cifar_binary, read_idx
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_read_idx_images_and_labels():
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(read_idx(_idx(images)), images)
+    assert read_idx(_idx(np.array([3, 1, 4], dtype=np.uint8))).tolist() == [3, 1, 4]
+
+
+def test_read_idx_rejects_bad_magic_and_size():
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(b"PK\x03\x04rest", "x.zip")
+    with pytest.raises(DataError, match=r"short: IDX size 10 bytes, expected 11 for shape \(3,\)"):
+        read_idx(_idx(np.zeros(3, dtype=np.uint8))[:-1], "short")
+
+
+def _fake_mnist(root, tamper=None):
+    """Small IDX files with the official names; MD5s patched to match unless ``tamper`` names a file."""
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, 30),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 10),
+    }
+    md5s = {}
+    for name, array in arrays.items():
+        raw = _idx(array)
+        (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        md5s[name] = "0" * 32 if name == tamper else hashlib.md5(raw).hexdigest()
+    return md5s, arrays
+
+
+def test_mnist_from_fake_files(tmp_path, monkeypatch):
+    md5s, arrays = _fake_mnist(tmp_path)
+    monkeypatch.setattr(wsdata, "MNIST_FILES", md5s)
+    bundle = load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), val_size=5, download=False))
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (25, 5, 10)
+    assert float(bundle.test.x.max()) <= 1.0 and float(bundle.test.x.min()) >= 0.0
+    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"].astype(np.float32) / 255).unsqueeze(1)
+    assert torch.equal(bundle.test.x, expected)
+
+
+def test_md5_mismatch_names_the_file(tmp_path, monkeypatch):
+    md5s, _ = _fake_mnist(tmp_path, tamper="t10k-labels-idx1-ubyte")
+    monkeypatch.setattr(wsdata, "MNIST_FILES", md5s)
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: MD5 .* does not match"):
+        load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=False))
+
+
+def test_missing_files_say_what_to_do(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=False))
+    text = str(info.value)
+    assert str(tmp_path / "mnist") in text
+    for name in wsdata.MNIST_FILES:
+        assert name in text
+    assert "--data-dir" in text and "WEIGHTSHARE_DATA" in text
+
+
+def test_real_mnist(mnist_dir, tmp_path):
+    # raw (uncompressed) files are accepted too
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    for name in wsdata.MNIST_FILES:
+        with gzip.open(mnist_dir / "mnist" / f"{name}.gz") as src, open(raw_dir / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    bundle = load_data(DataConfig(dataset="mnist", data_dir=str(raw_dir), download=False))
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (55000, 5000, 10000)
+    assert bundle.train.y.bincount().tolist()[0] > 5000
+    standard = load_data(DataConfig(dataset="mnist", data_dir=str(mnist_dir), normalize="standard", download=False))
+    assert abs(float(standard.train.x.mean())) < 0.02 and abs(float(standard.train.x.std()) - 1) < 0.02
+    # the same seed gives the same validation split
+    assert torch.equal(bundle.val.y, standard.val.y)
+
+
+def _cifar_records(n: int, label_bytes: int, seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, (n, label_bytes)).astype(np.uint8)
+    pixels = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+    return np.concatenate([labels, pixels], 1).tobytes(), labels[:, -1], pixels.reshape(n, 3, 32, 32)
+
+
+def test_cifar_binary_parsing():
+    raw, labels, pixels = _cifar_records(4, 1)
+    x, y = read_cifar_binary(raw, 1)
+    assert np.array_equal(x, pixels) and np.array_equal(y, labels)
+    raw100, labels100, _ = _cifar_records(3, 2)
+    assert np.array_equal(read_cifar_binary(raw100, 2)[1], labels100)  # the fine label (second byte)
+    with pytest.raises(DataError, match="whole number of 3073-byte"):
+        read_cifar_binary(raw[:-1], 1, "data_batch_1.bin")
+
+
+def test_cifar10_bundle_from_files(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}.bin").write_bytes(_cifar_records(4, 1, i)[0])
+    (folder / "test_batch.bin").write_bytes(_cifar_records(5, 1, 9)[0])
+    bundle = load_data(DataConfig(dataset="cifar10", data_dir=str(tmp_path), val_size=4))
+    assert (len(bundle.train), len(bundle.val), len(bundle.test), bundle.num_classes) == (16, 4, 5, 10)
+    assert bundle.augment and bundle.input_shape == (3, 32, 32)
+    with pytest.raises(DataError, match="cifar-100-binary"):
+        load_data(DataConfig(dataset="cifar100", data_dir=str(tmp_path)))
+
+
+def test_augment_shift_and_flip_preserve_content():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    out = augment_shift_flip(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    # a shift by at most 4 pixels keeps the centre 24x24 block (possibly flipped)
+    for i in range(2):
+        centre = x[i, :, 4:28, 4:28]
+        assert any(
+            torch.equal(out[i, :, 4 + dy : 28 + dy, 4 + dx : 28 + dx], c)
+            for c in (centre, centre.flip(2))
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+        )
+
+
+def test_digits_split_is_fixed(digits):
+    again = load_data(DataConfig(dataset="digits"))
+    assert torch.equal(digits.test.y, again.test.y)
+    assert digits.input_shape == (1, 8, 8)
+
+
+def test_batches_cover_every_example_once(digits):
+    seen = torch.cat([y for _, y in batches(digits.train, 100, shuffle=True, seed=3)])
+    assert sorted(seen.tolist()) == sorted(digits.train.y.tolist())
+    first = next(batches(digits.train, 100, shuffle=True, seed=3))[1]
+    assert torch.equal(first, next(batches(digits.train, 100, shuffle=True, seed=3))[1])
