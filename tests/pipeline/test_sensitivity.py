@@ -10,7 +10,8 @@ from weightshare.cli import main
 from weightshare.core.errors import ConfigError
 from weightshare.core.settings import validate
 from weightshare.data.datasets import Split
-from weightshare.methods.dc.method import DCConfig, DeepCompression
+from weightshare.methods.dc.config import DCConfig
+from weightshare.methods.dc.method import DeepCompression
 from weightshare.models.architectures import build_model
 from weightshare.pipeline.sensitivity import SensitivityRow, derive_settings, run_sensitivity, sensitivity_analysis
 

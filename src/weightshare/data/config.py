@@ -23,3 +23,27 @@ class DataConfig:
     augment: bool = setting(True, "CIFAR: 4-pixel shift + horizontal flip while training")
     download: bool = setting(True, "download missing MNIST files when the network is there")
     split_seed: int = setting(0, "seed of the train/validation split", ge=0)
+
+
+@dataclasses.dataclass
+class DataOverrides:
+    """The ``[data]`` settings a compression run may change from its source run (None: the source's).
+
+    The data set, its scaling and its split seed always come from the pretrained run, so
+    every method sees the same images; a preset may retrain on every training image
+    (``val_size = 0``, the papers' protocol).
+
+    >>> DataOverrides(val_size=0).apply(DataConfig(dataset="mnist")).val_size
+    0
+    """
+
+    val_size: int | None = setting(
+        None, "validation images carved from the training set (default: the source run's)", ge=0
+    )
+    batch_size: int | None = setting(None, "mini-batch size (default: the source run's)", ge=1)
+    data_dir: str | None = setting(None, "data directory (default: the source run's)")
+
+    def apply(self, data: DataConfig) -> DataConfig:
+        """``data`` with every setting given here replacing the source run's."""
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return dataclasses.replace(data, **given)

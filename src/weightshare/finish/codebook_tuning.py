@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from weightshare.core.quantized import QuantizedModel
-from weightshare.methods.base import Method
+from weightshare.train.hooks import TrainContext, TrainingHooks
 
 __all__ = ["CodebookTuning"]
 
 
-class CodebookTuning(Method):
+class CodebookTuning(TrainingHooks):
     """Train ``qmodel``'s codebooks and dense tensors inside ``model``; the indices stay fixed.
 
     Building it loads ``qmodel`` into ``model`` and ties every quantized weight to its codebook.
@@ -44,13 +44,11 @@ class CodebookTuning(Method):
     >>> opt = torch.optim.SGD([{"params": tuning.trainable(net)}, *tuning.parameters()], lr=0.1)
     >>> net(torch.ones(1, 2)).sum().backward()
     >>> opt.step()
-    >>> tuning.after_step(net)
+    >>> tuning.after_step(net, TrainContext(opt))
     >>> tuned = tuning.finalize(net)
     >>> [round(v, 3) for v in tuned.codebooks[0].tolist()], round(float(tuned.dense["bias"]), 3)
     ([0.0, 0.4], -0.1)
     """
-
-    name = "codebook"
 
     def __init__(self, model: nn.Module, qmodel: QuantizedModel, lr: float) -> None:
         if lr <= 0:
@@ -89,7 +87,7 @@ class CodebookTuning(Method):
         return hook
 
     @torch.no_grad()
-    def after_step(self, model: nn.Module) -> None:
+    def after_step(self, model: nn.Module, ctx: TrainContext) -> None:
         for codebook in self.codebooks:
             codebook[0] = 0.0
         for name, param in self.tied.items():

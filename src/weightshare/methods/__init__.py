@@ -7,11 +7,15 @@ from typing import Any
 
 from torch import nn
 
-from weightshare.methods.admm.method import ADMM, ADMM_PRESETS, AdmmConfig
+from weightshare.methods.admm.config import ADMM_PRESETS, AdmmConfig
+from weightshare.methods.admm.method import ADMM
 from weightshare.methods.base import Method, PlainTraining
-from weightshare.methods.dc.method import DC_PRESETS, DCConfig, DeepCompression
-from weightshare.methods.pwfn.method import PWFN_PRESETS, ProbabilisticWeightFixing, PWFNConfig
-from weightshare.methods.sws.method import SWS_PRESETS, SoftWeightSharing, SWSConfig
+from weightshare.methods.dc.config import DC_PRESETS, DCConfig
+from weightshare.methods.dc.method import DeepCompression
+from weightshare.methods.pwfn.config import PWFN_PRESETS, PWFNConfig
+from weightshare.methods.pwfn.method import ProbabilisticWeightFixing
+from weightshare.methods.sws.config import SWS_PRESETS, SWSConfig
+from weightshare.methods.sws.method import SoftWeightSharing
 
 __all__ = ["Method", "PlainTraining", "SoftWeightSharing", "SWSConfig", "MethodSpec", "METHODS", "get_method"]
 

@@ -7,25 +7,29 @@ a loop of their own::
     method = SoftWeightSharing(model, config)
     opt = torch.optim.Adam([{"params": model.parameters(), "lr": 5e-4}, *method.parameters()])
     for epoch in range(epochs):
-        for x, y in batches:
+        for step, (x, y) in enumerate(batches):
             loss = F.cross_entropy(model(x), y) + method.penalty(model)
             opt.zero_grad(); loss.backward(); opt.step()
-            method.after_step(model)
-        method.on_epoch_end(model, epoch)
+            method.after_step(model, TrainContext(opt, epoch, step, steps_per_epoch, epochs))
+        method.on_epoch_end(model, TrainContext(opt, epoch, step, steps_per_epoch, epochs))
     qmodel = method.finalize(model)
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
+from weightshare.data.config import DataOverrides
+from weightshare.finish.config import FinishConfig
+from weightshare.train.config import TrainConfig
+from weightshare.train.hooks import TrainContext, TrainingHooks
 
-__all__ = ["Method", "PlainTraining", "require_epochs"]
+__all__ = ["Method", "MethodConfig", "PlainTraining", "TrainContext", "require_epochs"]
 
 
 def require_epochs(epochs: int, needed: int, schedule: str, detail: str) -> None:
@@ -40,58 +44,47 @@ def require_epochs(epochs: int, needed: int, schedule: str, detail: str) -> None
         raise ConfigError(f"setting 'epochs' is {epochs} but {schedule} needs {needed} ({detail})")
 
 
-class Method:
-    """Base class: every hook does nothing, so ``Method()`` is plain training."""
+@dataclasses.dataclass
+class MethodConfig:
+    """A method's whole recipe: its own settings plus the ``[train]``, ``[data]`` and ``[finish]`` sections.
+
+    Subclasses (``SWSConfig``, ``DCConfig``, ...) name their method with ``method`` (the TOML
+    section of their own settings, the CLI subcommand and the registry key) and list their
+    ``presets``; the config's type alone says which method runs.
+    """
+
+    method: ClassVar[str] = ""
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: DataOverrides = dataclasses.field(default_factory=DataOverrides)
+    finish: FinishConfig = dataclasses.field(default_factory=FinishConfig)
+
+
+class Method(TrainingHooks):
+    """A compression method: training hooks plus ``finalize`` to the common result.
+
+    Every hook of :class:`~weightshare.train.hooks.TrainingHooks` does nothing by default;
+    a method adds what it needs. The pipeline talks to a method through these declared
+    members only.
+    """
 
     name = "plain"
-
-    def parameters(self) -> list[dict[str, Any]]:
-        """Extra optimizer parameter groups (each a dict with ``params`` and ``lr``)."""
-        return []
-
-    def model_lr(self) -> float | None:
-        """Learning rate for the model's own parameters, if the method sets one."""
-        return None
-
-    def trainable(self, model: nn.Module) -> list[nn.Parameter]:
-        """The model parameters the optimizer should update (default: all)."""
-        return [p for p in model.parameters() if p.requires_grad]
-
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        """A term added to the mean task loss of each mini-batch, or None."""
-        return None
-
-    def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
-    ) -> torch.Tensor | None:
-        """A batch-dependent term (e.g. knowledge distillation from the pretrained model), or None."""
-        return None
-
-    def check_train(self, train: Any) -> None:
-        """Refuse training settings the method cannot work with (e.g. epochs that miss its schedule)."""
 
     def summary(self) -> dict[str, Any]:
         """Method-specific results for report.json (e.g. learned per-layer bit widths)."""
         return {}
 
-    def after_step(self, model: nn.Module) -> None:
-        """Projections / masks applied after each optimizer step."""
-
-    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
-        """Schedules (warm-ups, pruning or fixing rounds) at the end of an epoch."""
-
-    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        """Extra columns for metrics.csv at the end of an epoch."""
+    def covered_tensors(self) -> dict[str, nn.Parameter]:
+        """The tensors the method compresses, by name (what the scatter animation samples)."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors and JSON-able values needed to resume (see train checkpoints)."""
+    def records(self) -> dict[str, Any]:
+        """JSON-able records for the run directory, by file name (e.g. the mixture at every epoch)."""
         return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
 
     def finalize(self, model: nn.Module) -> QuantizedModel:
+        """The common result: per covered tensor a codebook (entry 0 = 0.0) and one index per weight."""
         raise NotImplementedError(f"method {self.name!r} does not produce a QuantizedModel")
 
 

@@ -1,6 +1,7 @@
 """The one training loop: pretraining and every method's retraining.
 
-A :class:`~weightshare.methods.base.Method` plugs in through its hooks
+A method (or a finishing stage) plugs in through the hooks of
+:class:`~weightshare.train.hooks.TrainingHooks`
 (``parameters``, ``penalty``, ``after_step``, ``on_epoch_end``); with no method
 this is plain training. Each epoch ends with an evaluation on the validation
 split (and the test split, for reporting only), one row in ``metrics.csv`` and
@@ -25,9 +26,9 @@ from tqdm.auto import tqdm
 from weightshare.core.errors import RunDirError, TrainingDiverged
 from weightshare.core.io import load_tensors, read_json, save_tensors, write_json
 from weightshare.data.datasets import DataBundle, Split, batches
-from weightshare.methods.base import Method, PlainTraining
 from weightshare.runs.rundir import RunDir
 from weightshare.train.config import TrainConfig
+from weightshare.train.hooks import TrainContext, TrainingHooks
 
 __all__ = ["fit", "evaluate", "FitResult", "TrainingDiverged", "build_optimizer", "lr_factor"]
 
@@ -64,7 +65,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
     return {"error": 100.0 * wrong / len(split), "loss": loss_sum / len(split)}
 
 
-def build_optimizer(model: nn.Module, method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, method: TrainingHooks, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Model parameters (the method may set their lr) plus the method's own groups."""
     model_lr = method.model_lr() or cfg.lr
     groups = [{"params": method.trainable(model), "lr": model_lr, "weight_decay": cfg.weight_decay}]
@@ -162,7 +163,7 @@ def _train_epoch(model, data: DataBundle, cfg: TrainConfig, batch_size: int, met
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        method.after_step(model)
+        method.after_step(model, TrainContext(optimizer, epoch, step, steps, cfg.epochs))
         n, value = len(y), float(loss.detach())
         seen += n
         totals["loss"] += value * n
@@ -178,8 +179,8 @@ def _sum_terms(*terms: torch.Tensor | None) -> torch.Tensor | None:
     return sum(present[1:], present[0]) if present else None
 
 
-def _divergence_message(method: Method, epoch: int, step: int, task, penalty) -> str:
-    hint = getattr(method, "divergence_hint", lambda: "")()
+def _divergence_message(method: TrainingHooks, epoch: int, step: int, task, penalty) -> str:
+    hint = method.divergence_hint()
     values = f"task loss {float(task.detach()):.4g}"
     values += f", penalty {float(penalty.detach()):.4g}" if penalty is not None else ""
     return (
@@ -193,7 +194,7 @@ def fit(
     data: DataBundle,
     cfg: TrainConfig,
     *,
-    method: Method | None = None,
+    method: TrainingHooks | None = None,
     run: RunDir | None = None,
     phase: str = "pretrain",
     resume: bool = False,
@@ -206,7 +207,7 @@ def fit(
 
     ``history`` holds earlier rows (e.g. the pretraining curve) that metrics.csv keeps in front.
     """
-    method = method or PlainTraining()
+    method = method or TrainingHooks()
     optimizer = build_optimizer(model, method, cfg)
     rows, start = list(history or []), 0
     if resume:
@@ -227,7 +228,7 @@ def fit(
             t0 = time.perf_counter()
             train_stats = _train_epoch(model, data, cfg, batch_size, method, optimizer, epoch, bar)
             seconds = time.perf_counter() - t0
-            method.on_epoch_end(model, epoch)
+            method.on_epoch_end(model, TrainContext(optimizer, epoch, steps - 1, steps, cfg.epochs))
             row = {"phase": phase, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats}
             row["val_error"] = evaluate(model, data.val)["error"]
             if cfg.eval_test:
@@ -241,15 +242,15 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, model)
             if progress:
-                tqdm.write(_epoch_line(row))
+                tqdm.write(_epoch_line(row, method.progress_keys))
     return FitResult(model, rows)
 
 
-def _epoch_line(row: dict[str, Any]) -> str:
+def _epoch_line(row: dict[str, Any], keys: tuple[str, ...]) -> str:
     parts = [f"{row['phase']} epoch {row['epoch']}", f"loss {row['loss']:.4f}", f"val err {row['val_error']:.2f}%"]
     if "test_error" in row:
         parts.append(f"test err {row['test_error']:.2f}%")
-    for key in ("sparsity", "tau"):
+    for key in keys:
         if key in row:
             parts.append(f"{key} {row[key]:.4g}")
     parts.append(f"{row['seconds']:.1f}s")

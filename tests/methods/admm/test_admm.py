@@ -10,11 +10,13 @@ from weightshare.core.errors import ConfigError
 from weightshare.core.settings import apply_overrides, validate
 from weightshare.data.datasets import DataBundle, Split
 from weightshare.methods import METHODS
-from weightshare.methods.admm.method import ADMM, ADMM_PRESETS, AdmmConfig, distillation_loss, model_size_budget
+from weightshare.methods.admm.config import ADMM_PRESETS, AdmmConfig
+from weightshare.methods.admm.method import ADMM, distillation_loss, model_size_budget
 from weightshare.methods.admm.quant import quantization_projection
 from weightshare.models.architectures import build_model
 from weightshare.report.accounting import values_only
 from weightshare.train.config import TrainConfig
+from weightshare.train.hooks import TrainContext
 from weightshare.train.loop import fit
 
 
@@ -93,7 +95,7 @@ def test_sparse_projection_runs_every_projint_batches_and_weights_regrow_in_betw
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-        admm.after_step(model)
+        admm.after_step(model, TrainContext(opt))
         sizes.append(_size_bits(admm))
     assert sizes[0] > admm.budget and sizes[2] > admm.budget  # pruned weights got gradients: they regrew
     assert sizes[1] <= admm.budget and sizes[3] <= admm.budget
@@ -111,23 +113,29 @@ def test_penalty_is_the_augmented_term_and_prox_is_its_closed_form(pretrained_st
     admm_prox = ADMM(model, AdmmConfig(nnz_budget=0.2, bit_budget=2, rho=0.3, prox=True, projint=1000))
     assert admm_prox.penalty(model) is None
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    admm_prox.bind_optimizer(opt)
     opt.param_groups[0]["lr"] = 0.2  # the loop's schedule sets it per batch; the prox step reads it then
     before = {n: p.detach().clone() for n, p in admm_prox.covered.items()}
-    admm_prox.after_step(model)
+    admm_prox.after_step(model, TrainContext(opt))
     beta = 0.2 * 0.3
     for n, p in admm_prox.covered.items():
         want = (before[n] + beta * (admm_prox.dup[n] - admm_prox.dual[n])) / (1 + beta)
         assert torch.allclose(p.detach(), want, atol=1e-7)
 
 
-def test_prox_binds_to_the_optimizer_of_the_training_loop(pretrained_state, digits):
+def test_prox_reads_the_learning_rate_of_the_group_holding_the_covered_weights(pretrained_state):
     model = _pretrained(pretrained_state)
-    admm = ADMM(model, AdmmConfig(nnz_budget=0.2, bit_budget=2, prox=True))
-    with pytest.raises(RuntimeError, match="needs the learning rate"):
-        admm.after_step(model)
-    fit(model, _small(digits, 64), _sgd(1, warmup_epochs=1), method=admm, batch_size=32, progress=False)
-    assert admm.current_lr() == pytest.approx(0.05)  # 2 batches of warm-up: the last one runs at the full lr
+    admm = ADMM(model, AdmmConfig(nnz_budget=0.2, bit_budget=2, rho=0.5, prox=True, projint=1000))
+    covered = {id(p) for p in admm.covered.values()}
+    others = [p for p in model.parameters() if id(p) not in covered]
+    opt = torch.optim.SGD([{"params": others, "lr": 9.0}, {"params": list(admm.covered.values()), "lr": 0.1}])
+    before = {n: p.detach().clone() for n, p in admm.covered.items()}
+    admm.after_step(model, TrainContext(opt))
+    beta = 0.1 * 0.5  # the covered weights' group, not the first group
+    for n, p in admm.covered.items():
+        want = (before[n] + beta * (admm.dup[n] - admm.dual[n])) / (1 + beta)
+        assert torch.allclose(p.detach(), want, atol=1e-7)
+    with pytest.raises(ValueError, match="does not update this parameter"):
+        admm.after_step(model, TrainContext(torch.optim.SGD(others, lr=0.1)))
 
 
 def test_knowledge_distillation_through_the_extra_loss_hook(pretrained_state, digits):
@@ -204,7 +212,7 @@ def test_finetuning_needs_the_training_length(pretrained_state):
     model = _pretrained(pretrained_state)
     admm = ADMM(model, AdmmConfig(nnz_budget=0.1, bit_budget=3, finetune_epochs=1))
     with pytest.raises(RuntimeError, match="check_train"):
-        admm.after_step(model)
+        admm.after_step(model, TrainContext(torch.optim.SGD(model.parameters(), lr=0.1)))
 
 
 # --- resume --------------------------------------------------------------------------------------------------------

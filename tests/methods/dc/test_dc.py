@@ -9,14 +9,8 @@ from weightshare.core.kmeans import kmeans1d
 from weightshare.core.settings import validate
 from weightshare.data.datasets import DataBundle, Split
 from weightshare.methods import METHODS
-from weightshare.methods.dc.method import (
-    DC_PRESETS,
-    DCConfig,
-    DeepCompression,
-    check_epochs,
-    layer_bits,
-    quantize_layer,
-)
+from weightshare.methods.dc.config import DC_PRESETS, DCConfig
+from weightshare.methods.dc.method import DeepCompression, check_epochs, layer_bits, quantize_layer
 from weightshare.methods.dc.pruning import kept_schedule, magnitude_mask
 from weightshare.models.architectures import build_model
 from weightshare.train.config import TrainConfig

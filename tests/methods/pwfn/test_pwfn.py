@@ -8,16 +8,12 @@ from weightshare.core.quantized import load_quantized
 from weightshare.core.settings import validate
 from weightshare.data.datasets import DataBundle, Split
 from weightshare.methods import METHODS
-from weightshare.methods.pwfn.method import (
-    PWFN_PRESETS,
-    ProbabilisticWeightFixing,
-    PWFNConfig,
-    check_epochs,
-    join_sigma,
-)
+from weightshare.methods.pwfn.config import PWFN_PRESETS, PWFNConfig
+from weightshare.methods.pwfn.method import ProbabilisticWeightFixing, check_epochs, join_sigma
 from weightshare.methods.pwfn.pow2 import SIGMA_MAX, prior_sigma
 from weightshare.models.architectures import build_model
 from weightshare.train.config import TrainConfig
+from weightshare.train.hooks import TrainContext
 from weightshare.train.loop import fit
 
 
@@ -177,10 +173,11 @@ def test_the_schedule_fixes_the_epoch_count():
     pw.check_train(TrainConfig(epochs=3))
     with pytest.raises(ConfigError, match=r"stopped before its last fixing round.*'epochs' to 3"):
         pw.finalize(_mlp())
+    opt = torch.optim.SGD(_mlp().parameters(), lr=0.1)
     for epoch in range(3):
-        pw.on_epoch_end(_mlp(), epoch)
+        pw.on_epoch_end(_mlp(), TrainContext(opt, epoch=epoch))
     with pytest.raises(ConfigError, match="larger than the PWFN fixing schedule"):
-        pw.on_epoch_end(_mlp(), 3)
+        pw.on_epoch_end(_mlp(), TrainContext(opt, epoch=3))
 
 
 def test_presets_match_their_epochs():

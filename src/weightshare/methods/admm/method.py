@@ -30,90 +30,34 @@ of W (sparse, not yet quantized); the reference evaluates a re-quantized copy in
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import math
-import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from weightshare.core.codebook import compact_codebook
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
-from weightshare.core.settings import setting, validate
+from weightshare.core.settings import validate
+from weightshare.methods.admm.config import AdmmConfig
 from weightshare.methods.admm.knapsack import prune_to_budget
 from weightshare.methods.admm.quant import (
-    MAX_BITS,
     quantization_projection,
     refine_codebook,
     zero_codebook,
     zero_quantize,
 )
-from weightshare.methods.base import Method
+from weightshare.methods.base import Method, TrainContext
 from weightshare.train.config import TrainConfig
 
-__all__ = ["AdmmConfig", "ADMM", "ADMM_PRESETS", "model_size_budget", "distillation_loss"]
+__all__ = ["ADMM", "model_size_budget", "distillation_loss"]
 
 # finetune.py refreshes the codebooks with 5 Lloyd iterations from the current centres.
 REFRESH_ITERS = 5
-
-
-@dataclasses.dataclass
-class AdmmConfig:
-    """Every knob of the ADMM method: the budget, the ADMM schedule, distillation and fine-tuning."""
-
-    nnz_budget: float = setting(0.5, "non-zero budget: S = bit_budget x sum_l ceil(nnz_budget x n_l) bits", gt=0, le=1)
-    bit_budget: float = setting(4.0, "bit budget: average bits per non-zero allowed by S", ge=1, le=MAX_BITS)
-    bwlb: int = setting(1, "lowest bit width a layer may get (bit widths are bwlb..8)", ge=1, le=MAX_BITS)
-    rho: float = setting(0.05, "ADMM penalty rho", gt=0)
-    prox: bool = setting(False, "apply the ADMM term in closed form after each step instead of in the loss")
-    projint: int = setting(0, "batches between sparse projections (0 = once per epoch, at its last batch)", ge=0)
-    dualint: int = setting(
-        0, "batches between quantization projections + dual updates (0 = once per epoch); a multiple of projint", ge=0
-    )
-    kd_temp: float = setting(0.0, "knowledge distillation temperature T from the pretrained model (0 = off)", ge=0)
-    finetune_epochs: int = setting(0, "last epochs: fine-tune with mask and bit widths fixed (straight-through)", ge=0)
-    finetune_refresh: int = setting(20, "fine-tuning: codebook refreshes (5 k-means steps) per epoch", ge=1)
-    kmeans_iter: int = setting(100, "at most this many Lloyd iterations per layer", ge=1)
-    cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
-
-    def check(self) -> None:
-        if self.bwlb > math.floor(self.bit_budget):
-            raise ValueError(
-                f"setting 'bwlb' is {self.bwlb} but must be <= the bit budget's whole bits "
-                f"{math.floor(self.bit_budget)} (setting 'bit_budget' {self.bit_budget:g}): every layer "
-                f"starts at floor(bit_budget) bits"
-            )
-        if self.dualint and (self.projint == 0 or self.dualint % self.projint):
-            raise ValueError(
-                f"setting 'dualint' ({self.dualint}) must be 0 or a multiple of 'projint' "
-                f"({self.projint}): the bit allocation uses the non-zeros of the latest sparse projection"
-            )
-
-
-# The reference recipe for LeNet-5 (REFERENCES B.4: README command, target ~1975x values-only); LeNet-300-100
-# has no published recipe: the same optimisation at a 5 % / 3-bit budget. digits: short, for demos and tests.
-_SGD = {"optimizer": "sgd", "lr_schedule": "cosine"}
-ADMM_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "digits": {
-        "train": {**_SGD, "epochs": 30, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 2},
-        "admm": {"nnz_budget": 0.1, "bit_budget": 3.0, "rho": 0.05, "prox": True},
-    },
-    "lenet300": {
-        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
-        "admm": {"nnz_budget": 0.05, "bit_budget": 3.0, "rho": 0.05, "prox": True},
-    },
-    "lenet5": {
-        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
-        "admm": {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True},
-    },
-}
 
 
 # --- budget and per-layer quantization ----------------------------------------------------------------------------
@@ -198,19 +142,6 @@ class _FineTune:
         self.write(covered)
 
 
-def _auto_bind(method_ref: weakref.ref) -> Any:
-    """A global optimizer post-step hook that hands the first optimizer stepping the covered weights to
-    :meth:`ADMM.bind_optimizer` (the Method protocol passes no optimizer; ``--prox`` needs its lr)."""
-
-    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        method = method_ref()
-        if method is not None and method._lr_group is None:
-            with contextlib.suppress(ValueError):
-                method.bind_optimizer(optimizer)
-
-    return hook
-
-
 class ADMM(Method):
     """Sparsity-quantization joint learning under a model-size budget (see the module docstring).
 
@@ -243,9 +174,6 @@ class ADMM(Method):
         self.epochs_done, self.steps_per_epoch = 0, 0
         self.total_epochs: int | None = None
         self._batch, self._done_at_batch = 0, (False, False)
-        self._lr_group: dict[str, Any] | None = None
-        self._bind_hook: Any = register_optimizer_step_post_hook(_auto_bind(weakref.ref(self)))
-        weakref.finalize(self, self._bind_hook.remove)
         # Start from the pretrained model as train.py does with --pretrain (after its first batch): the first
         # sparse projection uses floor(bit_budget) bits everywhere (its model_size_lb), then V, U are set.
         self._sparse_projection(model_size_budget(numels, c.nnz_budget, math.floor(c.bit_budget)))
@@ -267,27 +195,6 @@ class ADMM(Method):
         self.bits, self.dup = quantization_projection(xs, self.nnz, self.budget, c.bwlb, c.kmeans_iter)
         for n, p in self.covered.items():
             self.dual[n].add_(p.detach() - self.dup[n])
-
-    # --- optimizer link (for --prox) ------------------------------------------------------------------------------
-    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Use the learning rate of ``optimizer``'s group holding the covered weights in the ``prox`` step.
-
-        Called automatically by the first step of such an optimizer; call it yourself to be explicit."""
-        first = next(iter(self.covered.values()))
-        for group in optimizer.param_groups:
-            if any(p is first for p in group["params"]):
-                self._lr_group = group
-                return
-        raise ValueError("this optimizer does not update the weights the ADMM method covers")
-
-    def current_lr(self) -> float:
-        """The current learning rate of the covered weights (set per batch by the training loop's schedule)."""
-        if self._lr_group is None:
-            raise RuntimeError(
-                "the ADMM prox step needs the learning rate: step an optimizer over the model's "
-                "weights before after_step, or call method.bind_optimizer(optimizer)"
-            )
-        return float(self._lr_group["lr"])
 
     def check_train(self, train: TrainConfig) -> None:
         """Learn the training length, so fine-tuning runs in the last ``finetune_epochs`` (call before training)."""
@@ -323,9 +230,7 @@ class ADMM(Method):
         return distillation_loss(logits, teacher_logits, self.config.kd_temp)
 
     @torch.no_grad()
-    def after_step(self, model: nn.Module) -> None:
-        if self._lr_group is not None:
-            self._bind_hook.remove()
+    def after_step(self, model: nn.Module, ctx: TrainContext) -> None:
         if self.config.finetune_epochs and self.total_epochs is None:
             raise RuntimeError(
                 "ADMM fine-tuning needs the number of training epochs: call "
@@ -337,7 +242,8 @@ class ADMM(Method):
             return
         c = self.config
         if c.prox:
-            beta = self.current_lr() * c.rho
+            # The closed-form ADMM step at the learning rate the covered weights just moved with.
+            beta = ctx.lr_of(next(iter(self.covered.values()))) * c.rho
             for n, p in self.covered.items():
                 p.add_(self.dup[n] - self.dual[n], alpha=beta).div_(1.0 + beta)
         self._done_at_batch = (
@@ -358,7 +264,7 @@ class ADMM(Method):
             self.finetune.refresh(self.covered, REFRESH_ITERS)
         self._done_at_batch = (refresh, refresh)
 
-    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+    def on_epoch_end(self, model: nn.Module, ctx: TrainContext) -> None:
         # The epoch's last batch always projects (train.py: "... or batch_idx == len(train_loader) - 1").
         if self.finetune is not None:
             if not self._done_at_batch[0]:
@@ -369,7 +275,7 @@ class ADMM(Method):
             if not self._done_at_batch[1]:
                 self._dual_update()
         self.steps_per_epoch, self._batch, self._done_at_batch = self._batch, 0, (False, False)
-        self.epochs_done = epoch + 1
+        self.epochs_done = ctx.epoch + 1
         self._maybe_start_finetune()
 
     @torch.no_grad()

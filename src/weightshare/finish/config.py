@@ -1,0 +1,26 @@
+"""The ``[finish]`` settings: the stages that run after any method's ``finalize``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from weightshare.core.settings import setting
+
+__all__ = ["FinishConfig"]
+
+
+@dataclasses.dataclass
+class FinishConfig:
+    """QuantizedModel -> QuantizedModel stages, in this order: dead-weight removal, codebook fine-tuning.
+
+    >>> FinishConfig().codebook_epochs
+    0
+    """
+
+    remove_dead: bool = setting(
+        False, "remove weights that provably never change the output (lossless; finish/deadweights.py)"
+    )
+    codebook_epochs: int = setting(
+        0, "epochs that train the shared values and the dense tensors with every index fixed (0 = off)", ge=0
+    )
+    codebook_lr: float = setting(1e-4, "Adam learning rate of that fine-tuning (constant)", gt=0)

@@ -1,0 +1,84 @@
+"""Soft weight-sharing's settings (the ``[sws]`` section) and its presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from weightshare.core.settings import setting
+from weightshare.methods.sws.prior import MixtureConfig
+
+__all__ = ["SWSConfig", "SWS_PRESETS"]
+
+
+@dataclasses.dataclass
+class SWSConfig(MixtureConfig):
+    """Every knob of soft weight-sharing: the mixture (inherited) plus loss, rates and the finish."""
+
+    tau: float = setting(5e-3, "weight of the complexity loss: loss = CE + tau/N * L_C", ge=0)
+    tau_warmup_epochs: int = setting(0, "linear warm-up of tau over the first epochs", ge=0)
+    lr_w: float = setting(5e-4, "Adam learning rate of the network weights", gt=0)
+    lr_means: float = setting(1e-4, "Adam learning rate of the mixture means", ge=0)
+    lr_precisions: float = setting(3e-3, "Adam learning rate of the log-precisions", ge=0)
+    lr_mixing: float = setting(3e-3, "Adam learning rate of the mixing logits", ge=0)
+    include_biases: bool = setting(False, "put the biases under the prior too (as the tutorial does)")
+    cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    merge_kl: float = setting(1e-10, "merge mixture components whose KL divergence is below this", ge=0)
+    assign: str = setting(
+        "map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)", choices=("map", "ml")
+    )
+    quant_skip_last: bool = setting(False, "leave the last covered layer dense (float32)")
+    remove_dead: bool = setting(
+        True, "after quantizing, remove weights that provably never change the output (lossless; deadweights.py)"
+    )
+    codebook_epochs: int = setting(
+        0, "after quantizing: epochs that train the shared values and biases, indices fixed (not in the paper)", ge=0
+    )
+    codebook_lr: float = setting(1e-4, "Adam learning rate of that fine-tuning (constant)", gt=0)
+
+    def check(self) -> None:
+        validate_mixture = getattr(super(), "validate", None)
+        if callable(validate_mixture):
+            validate_mixture()
+
+
+# Presets (REFERENCES.md Part I): the paper's LeNet settings, WRN with 64 components, and the
+# Keras tutorial's network with its own settings (J = 16, pi0 = 0.99, tau = 0.003, 30 epochs).
+SWS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # digits has 1,257 training images (40 steps an epoch at batch 32), so the mixture gets 10x the
+    # paper's learning rates to converge in ~6,000 steps instead of ~43,000, and a larger tau.
+    "digits": {
+        "train": {"epochs": 150},
+        "sws": {"tau": 3e-2, "pi0": 0.99, "lr_w": 1e-3, "lr_means": 1e-3, "lr_precisions": 1e-2, "lr_mixing": 1e-2},
+    },
+    # tau swept over {5e-3, 1e-2, 2e-2} on LeNet-300-100 with the weights at 5e-4 (benchmarks/RESULTS.md): only
+    # 2e-2 reaches the paper's <= 5% non-zero, but decodes to 1.83-2.10% (six runs). With the weights at the
+    # pretraining rate (1e-3, paper Sec. 4.2, as for LeNet-5) the error drops (validation 2.10% vs 2.34%) and
+    # the sparsity with it (5.59% non-zero), so tau rises to 3e-2. A cosine decay of every learning rate lets
+    # the weights settle on their components before the hard assignment (1.88% vs 2.03% with a constant rate).
+    "lenet300": {"train": {"epochs": 100, "lr_schedule": "cosine"}, "sws": {"tau": 3e-2, "lr_w": 1e-3}},
+    # The paper's tau = 0.05 and "weights at about the pretraining lr" (1e-3 here, Sec. 4.2) with the cosine decay
+    # above; weights at 5e-4 gave 1.39%, at 2e-3 they leave the zero spike again (2% non-zero by epoch 24); a
+    # linear tau warm-up stalls the pruning at ~2.8% non-zero (RESULTS.md). Snapping to the means costs ~0.1
+    # point here, so this preset adds 3 epochs of codebook fine-tuning (not in the paper; lr and epochs picked on
+    # the validation split; codebook_epochs=0 is the paper's method): run with --val-size 0 (all 60k images).
+    "lenet5": {
+        "train": {"epochs": 100, "lr_schedule": "cosine"},
+        "sws": {"tau": 5e-2, "lr_w": 1e-3, "codebook_epochs": 3, "codebook_lr": 1e-3},
+    },
+    "wrn16_4": {
+        "train": {"epochs": 40},
+        "sws": {
+            "num_components": 64,
+            "pi0": 0.99,
+            "lr_w": 1e-3,
+            "lr_means": 3e-4,
+            "lr_precisions": 1e-3,
+            "lr_mixing": 1e-3,
+        },
+    },
+    "tutorialnet": {
+        "train": {"epochs": 30},
+        "sws": {"num_components": 16, "pi0": 0.99, "tau": 3e-3, "init_means": "fixed", "include_biases": True},
+    },
+}
