@@ -15,6 +15,7 @@ from weightshare.data.datasets import load_data
 from weightshare.models.architectures import build_model
 from weightshare.pipeline.pretrain import data_config_of, evaluate_model, load_run_model
 from weightshare.runs.rundir import RunDir
+from weightshare.runs.schema import CONFIG
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -46,7 +47,7 @@ def evaluate_checkpoint(
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     run_path = path if path.is_dir() else path.parent
-    stored = RunDir.open(run_path).config if (run_path / "config.json").is_file() else None
+    stored = RunDir.open(run_path).config if (run_path / CONFIG.path).is_file() else None
     data_cfg = DataConfig(**stored["data"]) if stored else DataConfig()
     if dataset:
         data_cfg.dataset = dataset

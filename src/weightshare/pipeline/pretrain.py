@@ -21,6 +21,7 @@ from weightshare.data.config import DataConfig
 from weightshare.data.datasets import DataBundle, load_data
 from weightshare.models.architectures import build_model
 from weightshare.runs.rundir import RunDir
+from weightshare.runs.schema import PRETRAINED, RESULT
 from weightshare.train.config import TrainConfig
 from weightshare.train.loop import evaluate, fit
 
@@ -64,9 +65,9 @@ def pretrain(
         batch_size=data_cfg.batch_size,
         progress=progress,
     )
-    save_tensors(run.file("model.safetensors"), model.state_dict())
+    save_tensors(run.path_of(PRETRAINED), model.state_dict())
     final = {"val_error": evaluate(model, data.val)["error"], "test_error": evaluate(model, data.test)["error"]}
-    write_json(run.file("result.json"), {**final, "epochs": train_cfg.epochs, "model": train_cfg.model})
+    write_json(run.path_of(RESULT), {**final, "epochs": train_cfg.epochs, "model": train_cfg.model})
     return final
 
 
@@ -84,7 +85,7 @@ def load_run_model(source: str | os.PathLike, num_classes: int | None = None) ->
         raise RunDirError(f"{run.file('config.json')}: no model name recorded")
     classes = num_classes or cfg.get("num_classes") or (100 if cfg["data"]["dataset"] == "cifar100" else 10)
     model = build_model(model_name, classes)
-    weights = Path(run.file("model.safetensors"))
+    weights = Path(run.path_of(PRETRAINED))
     if not weights.is_file():
         raise RunDirError(f"{weights} does not exist: the run in {run.path} has not finished")
     model.load_state_dict(load_tensors(weights))

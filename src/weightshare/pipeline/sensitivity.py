@@ -34,6 +34,7 @@ from weightshare.data.config import DataConfig
 from weightshare.data.datasets import Split, load_data
 from weightshare.methods.dc.pruning import kept_threshold, magnitude_mask, parse_values
 from weightshare.pipeline.pretrain import load_run_model
+from weightshare.runs.schema import FIGURES, SENSITIVITY_CSV, SENSITIVITY_JSON
 from weightshare.train.loop import evaluate
 
 __all__ = [
@@ -195,7 +196,7 @@ def run_sensitivity(
     baseline, rows = sensitivity_analysis(model, data.val, sorted(set(values)))
     stds = {n: float(p.detach().std()) for n, p in covered_parameters(model).items()}
     settings = derive_settings(rows, max_drop, stds)
-    write_csv(rows, run.file("sensitivity.csv"))
+    write_csv(rows, run.path_of(SENSITIVITY_CSV))
     result = {
         "baseline_val_error": baseline,
         "max_drop": max_drop,
@@ -203,10 +204,10 @@ def run_sensitivity(
         "layers": settings,
         **format_settings(settings),
     }
-    write_json(run.file("sensitivity.json"), result)
+    write_json(run.path_of(SENSITIVITY_JSON), result)
     if plot:
         try:
-            result["figure"] = str(plot_sensitivity(rows, baseline, max_drop, Path(run.path) / "figures"))
+            result["figure"] = str(plot_sensitivity(rows, baseline, max_drop, run.path_of(FIGURES)))
         except ImportError as exc:  # matplotlib is optional
             result["figure"] = f"not drawn: {exc}"
     return result

@@ -21,6 +21,8 @@ import numpy as np
 
 from weightshare.core.errors import RunDirError
 from weightshare.core.io import load_tensors, read_json
+from weightshare.runs.rundir import RunDir
+from weightshare.runs.schema import CONFIG, METRICS, QUANTIZED, REPORT, Artifact
 
 __all__ = ["Mixture", "RunArtifacts", "read_metrics", "sample_indices"]
 
@@ -120,30 +122,27 @@ def sample_indices(n: int, sample: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
 
 
-class RunArtifacts:
+class RunArtifacts(RunDir):
     """Lazy, cached access to the files of one run directory."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         if not self.path.is_dir():
             raise RunDirError(f"{self.path} is not a run directory (it does not exist)")
 
-    def file(self, *parts: str) -> Path:
-        return self.path.joinpath(*parts)
-
     @functools.cached_property
-    def config(self) -> dict[str, Any]:
-        path = self.file("config.json")
+    def config(self) -> dict[str, Any]:  # type: ignore[override]  # cached, and {} where there is none
+        path = self.path_of(CONFIG)
         return read_json(path) if path.is_file() else {}
 
     @functools.cached_property
     def report(self) -> dict[str, Any] | None:
-        path = self.file("report.json")
+        path = self.path_of(REPORT)
         return read_json(path) if path.is_file() else None
 
     @functools.cached_property
     def metrics(self) -> dict[str, np.ndarray]:
-        return read_metrics(self.file("metrics.csv"))
+        return read_metrics(self.path_of(METRICS))
 
     @property
     def method(self) -> str:
@@ -165,9 +164,9 @@ class RunArtifacts:
         history = [Mixture.from_json(read_json(f), f) for f in files]
         return sorted(history, key=lambda m: m.epoch if m.epoch is not None else 0)
 
-    def tensors(self, name: str) -> dict[str, Any] | None:
-        """A safetensors state dict of the run (``model_init``, ``model_final``), or None."""
-        path = self.file(f"{name}.safetensors")
+    def tensors(self, artifact: Artifact) -> dict[str, Any] | None:
+        """A safetensors state dict of the run (``MODEL_INIT``, ``MODEL_FINAL``), or None."""
+        path = self.path_of(artifact)
         return load_tensors(path) if path.is_file() else None
 
     @functools.cached_property
@@ -175,7 +174,7 @@ class RunArtifacts:
         """The run's :class:`~weightshare.core.quantized.QuantizedModel`, or None before compression."""
         from weightshare.core.quantized import load_quantized
 
-        path = self.file("quantized.safetensors")
+        path = self.path_of(QUANTIZED)
         return load_quantized(path) if path.is_file() else None
 
     def covered(self, state: dict[str, Any]) -> np.ndarray:

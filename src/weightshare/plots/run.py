@@ -38,6 +38,7 @@ import numpy as np
 from weightshare.core.errors import RunDirError
 from weightshare.core.io import load_tensors
 from weightshare.plots.artifacts import Mixture, RunArtifacts
+from weightshare.runs.schema import FIGURES, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
 
 __all__ = ["KINDS", "plot_run", "plot_pareto", "make_gif"]
 
@@ -54,7 +55,7 @@ def _missing(run: RunArtifacts, *names: str) -> str | None:
 
 def _why_not(run: RunArtifacts, kind: str) -> str | None:
     """Why ``kind`` does not apply to ``run`` (None when it does)."""
-    weights = ("model_init.safetensors", "model_final.safetensors", "quantized.safetensors")
+    weights = (MODEL_INIT.path, MODEL_FINAL.path, QUANTIZED.path)
     if kind == "curves":
         return None  # every run trains; a missing metrics.csv is an error, not a skip
     if kind == "scatter":
@@ -117,7 +118,7 @@ def plot_run(
         if reason:
             print(f"{kind}: skipped ({reason})")
             continue
-        written += save_figure(_drawer(kind, sample)(run), run.file("figures"), kind, pdf)
+        written += save_figure(_drawer(kind, sample)(run), run.path_of(FIGURES), kind, pdf)
     return written
 
 
@@ -153,7 +154,7 @@ def plot_pareto(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -
 
 
 def _read_frames(run: RunArtifacts) -> tuple[list[int], list[np.ndarray]]:
-    folder = run.file("frames")
+    folder = run.path_of(FRAMES)
     files = sorted(folder.glob("epoch_*.safetensors")) if folder.is_dir() else []
     if not files:
         raise RunDirError(f"{folder} holds no frames (record them with `weightshare compress --make-gif`)")
@@ -217,12 +218,12 @@ def make_gif(run_dir: str | os.PathLike) -> Path:
         label = "pretrained" if epochs[i] == 0 else f"retraining epoch {epochs[i]} of {epochs[-1]}"
         ax.set_title(f"{run.method} on {run.model_name}: {label}\n({weights[0].size:,} sampled weights)", fontsize=10)
 
-    path = run.file("figures", "scatter.gif")
+    path = run.path_of(FIGURES, "scatter.gif")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         animation = FuncAnimation(fig, draw, frames=len(weights) + _GIF_HOLD, repeat=False)
         animation.save(path, writer=PillowWriter(fps=_GIF_FPS))
     finally:
         plt.close(fig)
-    shutil.rmtree(run.file("frames"))  # only once the animation is safely written
+    shutil.rmtree(run.path_of(FRAMES))  # only once the animation is safely written
     return path

@@ -11,6 +11,7 @@ import numpy as np
 from weightshare.core.errors import RunDirError
 from weightshare.plots.artifacts import RunArtifacts
 from weightshare.plots.style import Figure, new_figure, plain_log_axis, shade_pretrain, symmetric_limit
+from weightshare.runs.schema import MODEL_INIT
 
 __all__ = ["draw_curves", "draw_layers", "draw_filters", "first_layer", "draw_pareto", "pareto_point", "ParetoPoint"]
 
@@ -133,7 +134,7 @@ def _cr_text(report: dict) -> str:
 
 def first_layer(run: RunArtifacts) -> tuple[str, np.ndarray, np.ndarray, tuple[int, int]] | str:
     """(name, before, after, image size) of the first compressed layer, or why it cannot be shown."""
-    init = run.tensors("model_init")
+    init = run.tensors(MODEL_INIT)
     if init is None or run.quantized is None:
         return "needs model_init.safetensors and quantized.safetensors (a compression run)"
     name = next((n for n, qt in run.quantized.quantized.items() if len(qt.shape) in (2, 4)), None)

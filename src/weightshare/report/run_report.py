@@ -15,6 +15,7 @@ from weightshare.core.io import write_json
 from weightshare.core.quantized import QuantizedModel
 from weightshare.report.accounting import deep_compression_estimate, paper_style, values_only, weight_entropy_bits
 from weightshare.runs.rundir import RunDir
+from weightshare.runs.schema import COMPRESSED, REPORT, SUMMARY
 
 __all__ = ["build_report", "write_report", "summary_row", "format_summary"]
 
@@ -46,7 +47,7 @@ def build_report(
     errors: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     """Everything a compression run measured, for report.json."""
-    inspected = inspect(run.file("model.wsz"))
+    inspected = inspect(run.path_of(COMPRESSED))
     if inspected.file_bytes != nbytes:
         raise RuntimeError(f"model.wsz holds {inspected.file_bytes} bytes but the encoder wrote {nbytes}")
     rates = file_rates(inspected)
@@ -123,8 +124,8 @@ def summary_row(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_report(run: RunDir, report: dict[str, Any]) -> None:
-    write_json(run.file("report.json"), report)
-    write_json(run.file("summary.json"), summary_row(report))
+    write_json(run.path_of(REPORT), report)
+    write_json(run.path_of(SUMMARY), summary_row(report))
 
 
 def format_summary(report: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ import torch
 
 from weightshare.core.errors import RunDirError
 from weightshare.core.io import atomic_write_text, read_json, write_json
+from weightshare.runs.schema import ARTIFACTS, CONFIG, ENV, METRICS, Artifact
 
 __all__ = [
     "RunDir",
@@ -86,27 +87,40 @@ class RunDir:
         cls.check_new(path)
         run = cls(path)
         path.mkdir(parents=True, exist_ok=True)
-        write_json(run.file("config.json"), dict(config))
-        write_json(run.file("env.json"), environment())
+        write_json(run.path_of(CONFIG), dict(config))
+        write_json(run.path_of(ENV), environment())
         return run
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:
         run = cls(path)
-        if not run.file("config.json").is_file():
+        if not run.path_of(CONFIG).is_file():
             raise RunDirError(f"{path} is not a run directory (no config.json)")
         return run
 
     def file(self, *parts: str) -> Path:
         return self.path.joinpath(*parts)
 
+    def path_of(self, artifact: Artifact, *parts: str) -> Path:
+        """Where ``artifact`` (a name of :mod:`weightshare.runs.schema`) lives in this run."""
+        return self.path.joinpath(artifact.path, *parts)
+
+    def write_record(self, name: str, obj: Any) -> None:
+        """A method record (JSON) under the name the method gives, e.g. ``mixture_epochs/epoch_0001.json``."""
+        if Path(name).is_absolute() or ".." in Path(name).parts or name in {a.path for a in ARTIFACTS}:
+            raise ValueError(f"a method record cannot be named {name!r}")
+        write_json(self.file(name), obj)
+
+    def has(self, artifact: Artifact) -> bool:
+        return self.path_of(artifact).exists()
+
     @property
     def config(self) -> dict[str, Any]:
-        return read_json(self.file("config.json"))
+        return read_json(self.path_of(CONFIG))
 
     # --- metrics.csv ------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, str]]:
-        path = self.file("metrics.csv")
+        path = self.path_of(METRICS)
         if not path.is_file():
             return []
         with path.open(newline="") as handle:
@@ -122,7 +136,7 @@ class RunDir:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(v) for k, v in row.items()})
-        atomic_write_text(self.file("metrics.csv"), buffer.getvalue())
+        atomic_write_text(self.path_of(METRICS), buffer.getvalue())
 
 
 def _fmt(value: Any) -> Any:

@@ -27,6 +27,7 @@ from weightshare.core.errors import RunDirError, TrainingDiverged
 from weightshare.core.io import load_tensors, read_json, save_tensors, write_json
 from weightshare.data.datasets import DataBundle, Split, batches
 from weightshare.runs.rundir import RunDir
+from weightshare.runs.schema import CHECKPOINTS
 from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
@@ -115,16 +116,16 @@ def _save_checkpoint(run: RunDir, name: str, model, optimizer, method, epoch: in
             else:
                 opt_json["state"][str(pid)][key] = value
     tensors["rng.torch"] = torch.get_rng_state()
-    save_tensors(run.file("checkpoints", f"{name}.safetensors"), tensors, {"epoch": str(epoch)})
+    save_tensors(run.path_of(CHECKPOINTS, f"{name}.safetensors"), tensors, {"epoch": str(epoch)})
     write_json(
-        run.file("checkpoints", f"{name}.json"),
+        run.path_of(CHECKPOINTS, f"{name}.json"),
         {"epoch": epoch, "optimizer": opt_json, "method": method_json, "history": history},
     )
 
 
 def _load_checkpoint(run: RunDir, name: str, model, optimizer, method) -> tuple[int, list[dict[str, Any]]]:
-    meta = read_json(run.file("checkpoints", f"{name}.json"))
-    tensors = load_tensors(run.file("checkpoints", f"{name}.safetensors"))
+    meta = read_json(run.path_of(CHECKPOINTS, f"{name}.json"))
+    tensors = load_tensors(run.path_of(CHECKPOINTS, f"{name}.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     method_state = dict(meta["method"])
     method_state.update({k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
@@ -211,7 +212,7 @@ def fit(
     optimizer = build_optimizer(model, method, cfg)
     rows, start = list(history or []), 0
     if resume:
-        if run is None or not run.file("checkpoints", "last.json").is_file():
+        if run is None or not run.path_of(CHECKPOINTS, "last.json").is_file():
             raise RunDirError(f"nothing to resume in {run.path if run else '(no run directory)'}: no checkpoint")
         start, rows = _load_checkpoint(run, "last", model, optimizer, method)
         start += 1

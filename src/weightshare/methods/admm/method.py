@@ -159,6 +159,7 @@ class ADMM(Method):
     """
 
     name = "admm"
+    progress_keys = ("sparsity",)
 
     def __init__(self, model: nn.Module, config: AdmmConfig, n_train: int = 0) -> None:
         self.config = c = validate(config)
@@ -277,6 +278,9 @@ class ADMM(Method):
         self.steps_per_epoch, self._batch, self._done_at_batch = self._batch, 0, (False, False)
         self.epochs_done = ctx.epoch + 1
         self._maybe_start_finetune()
+
+    def covered_tensors(self) -> dict[str, nn.Parameter]:
+        return dict(self.covered)
 
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:

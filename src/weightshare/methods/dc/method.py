@@ -99,6 +99,7 @@ class DeepCompression(Method):
     """
 
     name = "dc"
+    progress_keys = ("sparsity",)
 
     def __init__(self, model: nn.Module, config: DCConfig, n_train: int = 0) -> None:
         self.config = validate(config)
@@ -194,6 +195,9 @@ class DeepCompression(Method):
         epoch = ctx.epoch
         self.epochs_done = epoch + 1
         self._advance()
+
+    def covered_tensors(self) -> dict[str, nn.Parameter]:
+        return dict(self.covered)
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         kept = sum(int(m.sum()) for m in self.masks.values())

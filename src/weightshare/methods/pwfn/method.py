@@ -117,6 +117,7 @@ class ProbabilisticWeightFixing(Method):
     """
 
     name = "pwfn"
+    progress_keys = ("sparsity",)
 
     def __init__(self, model: nn.Module, config: PWFNConfig, n_train: int = 0) -> None:
         self.config = validate(config)
@@ -305,6 +306,13 @@ class ProbabilisticWeightFixing(Method):
     def check_train(self, train: TrainConfig) -> None:
         """Refuse a training length that does not match the fixing schedule (call before training)."""
         check_epochs(self.config, train)
+
+    def covered_tensors(self) -> dict[str, nn.Parameter]:
+        return dict(self.covered)
+
+    def records(self) -> dict[str, Any]:
+        """One entry per fixing round: the fraction fixed, the centres used, the sigmas (paper Alg. 1)."""
+        return {"pwfn_rounds.json": self.rounds} if self.rounds else {}
 
     def divergence_hint(self) -> str:
         return "Likely cause: a learning rate too high for the noisy weights; lower the train 'lr' or 'lr_sigma'."

@@ -21,6 +21,7 @@ from weightshare.plots.style import (
     plain_log_axis,
     symmetric_limit,
 )
+from weightshare.runs.schema import MODEL_FINAL, MODEL_INIT
 
 __all__ = ["draw_scatter", "draw_mixture", "draw_dynamics", "draw_weight_scatter", "LevelStyle", "component_legend"]
 
@@ -146,8 +147,8 @@ def _level_limit(arrays: list[np.ndarray], levels: list[LevelStyle]) -> float:
 
 def draw_scatter(run: RunArtifacts, sample: int) -> Figure:
     """Pretrained vs retrained weights with marginal histograms (Ullrich et al. 2017, Figure 2)."""
-    w0 = run.covered(run.tensors("model_init"))
-    wt = run.covered(run.tensors("model_final"))
+    w0 = run.covered(run.tensors(MODEL_INIT))
+    wt = run.covered(run.tensors(MODEL_FINAL))
     palette, color_index, levels = weight_colors(run)
     pick = sample_indices(w0.size, sample)
     limit = _level_limit([w0, wt], levels)
@@ -203,7 +204,7 @@ def _scatter_legend(fig: Figure, ax: object, palette: np.ndarray, levels: list[L
 def draw_mixture(run: RunArtifacts) -> Figure:
     """Final mixture density over the weight histogram, before and after quantization."""
     mixture = run.mixture_final
-    wt = run.covered(run.tensors("model_final"))
+    wt = run.covered(run.tensors(MODEL_FINAL))
     wq = run.covered_quantized() if run.quantized is not None else None
     colors = component_colors(mixture.size)
     used = np.flatnonzero(mixture.pis > 1e-6)

@@ -47,6 +47,21 @@ from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
 __all__ = ["SoftWeightSharing"]
 
 
+# The records a soft weight-sharing run leaves in its run directory (its figures read them back).
+MIXTURE_FINAL = "mixture_final.json"
+MIXTURE_MERGED = "mixture_merged.json"
+MIXTURE_EPOCHS = "mixture_epochs"
+
+
+def mixture_epoch_record(epoch: int) -> str:
+    """The record name of the mixture after retraining epoch ``epoch`` (1-based; 0 = before).
+
+    >>> mixture_epoch_record(7)
+    'mixture_epochs/epoch_0007.json'
+    """
+    return f"{MIXTURE_EPOCHS}/epoch_{epoch:04d}.json"
+
+
 class SoftWeightSharing(Method):
     """A Gaussian-mixture prior learned jointly with the weights, then hard quantization.
 
@@ -60,6 +75,7 @@ class SoftWeightSharing(Method):
     """
 
     name = "sws"
+    progress_keys = ("sparsity", "tau")
 
     def __init__(self, model: nn.Module, config: SWSConfig, n_train: int) -> None:
         if n_train <= 0:
@@ -117,6 +133,21 @@ class SoftWeightSharing(Method):
             "sparsity": zeros / max(total, 1),
             "components": int((pis[1:] > 1e-3).sum()) + 1,
         }
+
+    def covered_tensors(self) -> dict[str, nn.Parameter]:
+        return dict(self.covered)
+
+    def records(self) -> dict[str, Any]:
+        """The mixture after every epoch, at the end, and merged as ``finalize`` uses it (paper eq. 8)."""
+        out: dict[str, Any] = {mixture_epoch_record(int(row["epoch"])): row for row in self.history}
+        out[MIXTURE_FINAL] = self.prior.to_json()
+        merged = self.prior.merged(self.config.merge_kl)
+        out[MIXTURE_MERGED] = {
+            "means": merged.means.tolist(),
+            "sigmas": merged.variances.sqrt().tolist(),
+            "pis": merged.pis.tolist(),
+        }
+        return out
 
     def divergence_hint(self) -> str:
         return (
