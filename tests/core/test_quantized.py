@@ -72,7 +72,7 @@ def test_bad_checkpoints_are_refused(tmp_path) -> None:
     with pytest.raises(FormatError, match="not a safetensors file"):
         load_quantized(junk)
     broken = tmp_path / "broken.safetensors"
-    meta = {"format": "weightshare.core.quantized", "version": "1", "codebooks": "1", "dense": "[]", "meta": "{}"}
+    meta = {"format": "weightshare.quantized", "version": "1", "codebooks": "1", "dense": "[]", "meta": "{}"}
     save_file({"codebook.0": torch.zeros(1)}, str(broken), metadata=meta | {"quantized": json.dumps([["w", 0]])})
     with pytest.raises(FormatError, match="inconsistent quantized checkpoint"):
         load_quantized(broken)

@@ -20,17 +20,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from weightshare.core.errors import FormatError
+from weightshare.core.io import atomic_write_bytes
 
 __all__ = ["QuantizedModel", "QuantizedTensor", "load_quantized", "save_quantized"]
 
@@ -202,7 +202,7 @@ class QuantizedModel:
 
 
 # --- quantized checkpoint (safetensors + JSON metadata, never pickle) ---------
-CHECKPOINT_FORMAT = "weightshare.core.quantized"
+CHECKPOINT_FORMAT = "weightshare.quantized"  # a file-format id, not a module path: never changes
 CHECKPOINT_VERSION = 1
 
 
@@ -233,15 +233,7 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> None:
         "dense": json.dumps(list(qmodel.dense)),
         "meta": json.dumps(qmodel.meta, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)),
     }
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def _checkpoint_metadata(path: Path) -> dict[str, str]:
