@@ -17,7 +17,7 @@ def pretrained(tmp_path_factory):
 
 
 def test_pretrain_writes_a_run_directory(pretrained):
-    for name in ("config.json", "env.json", "metrics.csv", "model.safetensors", "checkpoints/last.json"):
+    for name in ("config.json", "env.json", "metrics.csv", "model.safetensors", "checkpoints/last.safetensors"):
         assert (pretrained / name).is_file(), name
     config = json.loads((pretrained / "config.json").read_text())
     assert config["train"]["epochs"] == 6 and config["data"]["dataset"] == "digits"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from weightshare.core.io import save_tensors, write_json
+from weightshare.core.io import save_tensors
 from weightshare.core.quantized import QuantizedModel
 from weightshare.core.settings import validate
 from weightshare.data.config import DataConfig
@@ -21,6 +21,7 @@ from weightshare.data.datasets import DataBundle, load_data
 from weightshare.finish.codebook_tuning import CodebookTuning
 from weightshare.finish.deadweights import remove_dead_weights
 from weightshare.methods import build_method, get_method
+from weightshare.methods.base import Method
 from weightshare.models.architectures import build_model
 from weightshare.pipeline.pretrain import evaluate_model, load_run_model, set_threads
 from weightshare.report.run_report import build_report, write_report
@@ -165,31 +166,18 @@ def tune_codebooks(
     return tuning.finalize(model), result.history
 
 
-def _write_method_records(run: RunDir, method: Any) -> None:
-    """Records a method keeps: soft weight-sharing's mixture each epoch, weight fixing's rounds."""
-    rounds = getattr(method, "rounds", None)
-    if rounds:
-        write_json(run.file(f"{method.name}_rounds.json"), rounds)
-    history = getattr(method, "history", None) if method.name == "sws" else None
-    if history:
-        for row in history:
-            write_json(run.file("mixture_epochs", f"epoch_{int(row['epoch']):04d}.json"), row)
-    prior = getattr(method, "prior", None)
-    if prior is not None:
-        write_json(run.file("mixture_final.json"), prior.to_json())
-        merged = prior.merged(method.config.merge_kl)
-        write_json(
-            run.file("mixture_merged.json"),
-            {"means": merged.means.tolist(), "sigmas": merged.variances.sqrt().tolist(), "pis": merged.pis.tolist()},
-        )
+def _write_method_records(run: RunDir, method: Method) -> None:
+    """The records the method declares (e.g. soft weight-sharing's mixture at every epoch)."""
+    for name, record in method.records().items():
+        run.write_record(name, record)
 
 
 class _FrameRecorder:
     """Saves a fixed sample of covered weights each epoch, for the scatter animation."""
 
-    def __init__(self, run: RunDir, method: Any, sample: int = 20000) -> None:
+    def __init__(self, run: RunDir, method: Method, sample: int = 20000) -> None:
         self.run = run
-        self.covered = getattr(method, "covered", {})
+        self.covered = method.covered_tensors()
         flat = torch.cat([p.detach().reshape(-1) for p in self.covered.values()]) if self.covered else torch.empty(0)
         gen = torch.Generator().manual_seed(0)
         self.index = torch.randperm(flat.numel(), generator=gen)[:sample].sort().values

@@ -5,7 +5,7 @@ A method (or a finishing stage) plugs in through the hooks of
 (``parameters``, ``penalty``, ``after_step``, ``on_epoch_end``); with no method
 this is plain training. Each epoch ends with an evaluation on the validation
 split (and the test split, for reporting only), one row in ``metrics.csv`` and
-a checkpoint (safetensors + JSON, never pickle). The shuffling of epoch ``e``
+a checkpoint (one safetensors file, see :mod:`weightshare.train.checkpoint`; never pickle). The shuffling of epoch ``e``
 depends only on ``(seed, e)`` and the torch RNG state is checkpointed, so a
 resumed run ends with the same weights, bit for bit, as one never interrupted.
 """
@@ -24,10 +24,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from weightshare.core.errors import RunDirError, TrainingDiverged
-from weightshare.core.io import load_tensors, read_json, save_tensors, write_json
 from weightshare.data.datasets import DataBundle, Split, batches
 from weightshare.runs.rundir import RunDir
-from weightshare.runs.schema import CHECKPOINTS
+from weightshare.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
@@ -93,52 +92,6 @@ def lr_factor(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> 
     if cfg.lr_schedule == "step":
         return cfg.lr_step_gamma ** (epoch // cfg.lr_step_epochs)
     return 1.0
-
-
-# --- checkpoints -----------------------------------------------------------------------
-
-
-def _save_checkpoint(run: RunDir, name: str, model, optimizer, method, epoch: int, history) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    method_json: dict[str, Any] = {}
-    for key, value in method.state_dict().items():
-        if isinstance(value, torch.Tensor):
-            tensors[f"method.{key}"] = value
-        else:
-            method_json[key] = value
-    opt_state = optimizer.state_dict()
-    opt_json: dict[str, Any] = {"param_groups": opt_state["param_groups"], "state": {}}
-    for pid, entries in opt_state["state"].items():
-        opt_json["state"][str(pid)] = {}
-        for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{pid}.{key}"] = value
-            else:
-                opt_json["state"][str(pid)][key] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    save_tensors(run.path_of(CHECKPOINTS, f"{name}.safetensors"), tensors, {"epoch": str(epoch)})
-    write_json(
-        run.path_of(CHECKPOINTS, f"{name}.json"),
-        {"epoch": epoch, "optimizer": opt_json, "method": method_json, "history": history},
-    )
-
-
-def _load_checkpoint(run: RunDir, name: str, model, optimizer, method) -> tuple[int, list[dict[str, Any]]]:
-    meta = read_json(run.path_of(CHECKPOINTS, f"{name}.json"))
-    tensors = load_tensors(run.path_of(CHECKPOINTS, f"{name}.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    method_state = dict(meta["method"])
-    method_state.update({k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
-    method.load_state_dict(method_state)
-    opt = meta["optimizer"]
-    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in opt["state"].items()}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, entry = key.split(".", 2)
-            state.setdefault(int(pid), {})[entry] = value
-    optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["epoch"]), list(meta["history"])
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -211,11 +164,11 @@ def fit(
     method = method or TrainingHooks()
     optimizer = build_optimizer(model, method, cfg)
     rows, start = list(history or []), 0
-    if resume:
-        if run is None or not run.path_of(CHECKPOINTS, "last.json").is_file():
-            raise RunDirError(f"nothing to resume in {run.path if run else '(no run directory)'}: no checkpoint")
-        start, rows = _load_checkpoint(run, "last", model, optimizer, method)
-        start += 1
+    if resume and run is None:
+        raise RunDirError("resuming needs the run directory that holds the checkpoint")
+    if resume and has_checkpoint(run):  # interrupted before its first checkpoint: start from epoch 0
+        restored = load_checkpoint(run, model, optimizer, method, phase=phase)
+        start, rows = restored["epoch"] + 1, restored["history"]
     steps = math.ceil(len(data.train) / batch_size)
     with tqdm(
         total=steps * max(cfg.epochs - start, 0),
@@ -239,7 +192,7 @@ def fit(
             rows.append(row)
             if run is not None:
                 run.write_metrics(rows)
-                _save_checkpoint(run, "last", model, optimizer, method, epoch, rows)
+                save_checkpoint(run, model, optimizer, method, epoch=epoch, phase=phase, history=rows)
             if on_epoch is not None:
                 on_epoch(epoch, model)
             if progress:

@@ -51,6 +51,7 @@ __all__ = ["SoftWeightSharing"]
 MIXTURE_FINAL = "mixture_final.json"
 MIXTURE_MERGED = "mixture_merged.json"
 MIXTURE_EPOCHS = "mixture_epochs"
+_TRACKED = ("means", "sigmas", "precisions", "pis")  # what each epoch's record keeps of the mixture
 
 
 def mixture_epoch_record(epoch: int) -> str:
@@ -88,7 +89,7 @@ class SoftWeightSharing(Method):
         self.prior = MixturePrior([p.detach() for p in self.covered.values()], mixture_cfg)
         self.prior.names = list(self.covered)
         self.epoch = 0
-        self.history: list[dict[str, Any]] = []
+        self.history: list[torch.Tensor] = []  # per epoch: the mixture's _TRACKED rows (float64)
 
     # --- hooks ------------------------------------------------------------------------
     def model_lr(self) -> float:
@@ -118,7 +119,8 @@ class SoftWeightSharing(Method):
     def on_epoch_end(self, model: nn.Module, ctx: TrainContext) -> None:
         epoch = ctx.epoch
         self.epoch = epoch + 1
-        self.history.append({"epoch": epoch + 1, **self.prior.to_json()})
+        snapshot = self.prior.to_json()
+        self.history.append(torch.tensor([snapshot[key] for key in _TRACKED], dtype=torch.float64))
 
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
@@ -139,7 +141,10 @@ class SoftWeightSharing(Method):
 
     def records(self) -> dict[str, Any]:
         """The mixture after every epoch, at the end, and merged as ``finalize`` uses it (paper eq. 8)."""
-        out: dict[str, Any] = {mixture_epoch_record(int(row["epoch"])): row for row in self.history}
+        out: dict[str, Any] = {
+            mixture_epoch_record(epoch): {"epoch": epoch, **dict(zip(_TRACKED, row.tolist(), strict=True))}
+            for epoch, row in enumerate(self.history, start=1)
+        }
         out[MIXTURE_FINAL] = self.prior.to_json()
         merged = self.prior.merged(self.config.merge_kl)
         out[MIXTURE_MERGED] = {
@@ -157,13 +162,17 @@ class SoftWeightSharing(Method):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {f"prior.{k}": v for k, v in self.prior.state_dict().items()}
-        state.update({"epoch": self.epoch, "history": self.history})
+        # The mixture history as one tensor: a checkpoint stays small however many epochs have run.
+        k = self.prior.all_means().numel()
+        history = torch.stack(self.history) if self.history else torch.zeros(0, len(_TRACKED), k, dtype=torch.float64)
+        state.update({"epoch": self.epoch, "history": history})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prior.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("prior.")})
         self.epoch = int(state.get("epoch", 0))
-        self.history = list(state.get("history", []))
+        history = state.get("history")
+        self.history = list(history.unbind(0)) if isinstance(history, torch.Tensor) else []
 
     def finalize(self, model: nn.Module) -> QuantizedModel:
         names = list(self.covered)
