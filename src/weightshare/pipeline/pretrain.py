@@ -51,7 +51,7 @@ def pretrain(
     validate(train_cfg)
     set_threads(train_cfg.threads)
     config = {"command": "pretrain", "data": asdict(data_cfg), "train": asdict(train_cfg)}
-    run = RunDir.open(out) if resume else RunDir.create(out, config)
+    run = RunDir.open(out, write=True) if resume else RunDir.create(out, config)
     data = data or load_data(data_cfg)
     torch.manual_seed(train_cfg.seed)
     model = build_model(train_cfg.model, data.num_classes)

@@ -13,7 +13,9 @@ ever pickled.
 
 from __future__ import annotations
 
+import atexit
 import csv
+import fcntl
 import io
 import os
 import platform
@@ -65,6 +67,17 @@ def environment() -> dict[str, Any]:
     }
 
 
+_LOCK = ".lock"
+_CLAIMED: dict[str, Any] = {}  # run directories this process writes into -> their open, locked .lock file
+
+
+@atexit.register
+def _release_all() -> None:
+    for handle in _CLAIMED.values():
+        handle.close()
+    _CLAIMED.clear()
+
+
 class RunDir:
     """A run directory; ``RunDir.create`` refuses to reuse a non-empty one."""
 
@@ -87,16 +100,52 @@ class RunDir:
         cls.check_new(path)
         run = cls(path)
         path.mkdir(parents=True, exist_ok=True)
+        run.claim()
         write_json(run.path_of(CONFIG), dict(config))
         write_json(run.path_of(ENV), environment())
         return run
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> RunDir:
+    def open(cls, path: str | os.PathLike, *, write: bool = False) -> RunDir:
+        """An existing run; ``write=True`` (to continue it) also claims it for this process."""
         run = cls(path)
         if not run.path_of(CONFIG).is_file():
             raise RunDirError(f"{path} is not a run directory (no config.json)")
+        if write:
+            run.claim()
         return run
+
+    def claim(self) -> None:
+        """Refuse a second process writing into this run (an advisory lock, released when this process ends).
+
+        Claims are per process: this process may open the same run again (e.g. to resume it after an
+        exception), another process may not while this one lives.
+        """
+        key = str(self.path.resolve())
+        if key in _CLAIMED:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / _LOCK, "a+")  # noqa: SIM115 (held until the process ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            handle.close()
+            raise RunDirError(
+                f"another weightshare process (pid {owner}) is writing into {self.path}; wait for it to end"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _CLAIMED[key] = handle
+
+    def release(self) -> None:
+        """Give up the claim of :meth:`claim` (also happens when the process ends)."""
+        handle = _CLAIMED.pop(str(self.path.resolve()), None)
+        if handle is not None:
+            handle.close()
 
     def file(self, *parts: str) -> Path:
         return self.path.joinpath(*parts)
