@@ -9,8 +9,8 @@ fine-tunes the shared values and biases with every index fixed
 (:class:`weightshare.finish.codebook_tuning.CodebookTuning`), printing the
 validation and test error after each epoch for each learning rate. This is how
 the ``lenet5`` preset's fine-tuning settings were picked: on the validation split.
-The same code runs inside ``weightshare compress`` (``remove_dead``,
-``codebook_epochs``, ``codebook_lr``), with the same batches.
+The same code runs inside ``weightshare compress`` (the ``[finish]`` settings
+``remove_dead``, ``codebook_epochs``, ``codebook_lr``), with the same batches.
 """
 
 from __future__ import annotations

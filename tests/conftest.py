@@ -79,14 +79,14 @@ def resume_check(tmp_path):
 
 @pytest.fixture
 def cli_compress(capsys):
-    """``weightshare compress --method M --from SOURCE --out OUT --preset digits``; checks the run wrote
+    """``weightshare compress M --from SOURCE --out OUT --preset digits``; checks the run wrote
     model.wsz and that ``weightshare evaluate model.wsz`` prints the decoded error of report.json."""
     import json
 
     from weightshare.cli import main
 
     def run(method, source, out):
-        assert main(["compress", "--method", method, "--from", str(source), "--out", str(out),
+        assert main(["compress", method, "--from", str(source), "--out", str(out),
                      "--preset", "digits", "--quiet"]) == 0  # fmt: skip
         report = json.loads((out / "report.json").read_text())
         assert report["method"] == method and report["decoded_equals_quantized"] is True
@@ -101,12 +101,12 @@ def cli_compress(capsys):
 
 @pytest.fixture
 def cli_refuses(capsys):
-    """``weightshare compress --method M --from SOURCE --out OUT --preset digits *EXTRA`` must exit 2
+    """``weightshare compress M --from SOURCE --out OUT --preset digits *EXTRA`` must exit 2
     before creating OUT; returns what it printed on stderr."""
     from weightshare.cli import main
 
     def run(method, source, out, *extra):
-        args = ["compress", "--method", method, "--from", str(source), "--out", str(out), "--preset", "digits"]
+        args = ["compress", method, "--from", str(source), "--out", str(out), "--preset", "digits"]
         assert main([*args, *extra, "--quiet"]) == 2
         assert not out.exists()
         return capsys.readouterr().err

@@ -5,8 +5,11 @@ import json
 import pytest
 import torch
 
-from weightshare.cli import main
+from weightshare.cli import build_parser, main, resolve_method_config
+from weightshare.core.errors import ConfigError
 from weightshare.core.io import load_tensors
+from weightshare.methods import CONFIGS, DCConfig, PWFNConfig, SWSConfig
+from weightshare.pipeline.compress import stored_config
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def test_pretrain_writes_a_run_directory(pretrained):
 
 def test_compress_sws_end_to_end(pretrained, tmp_path, capsys):
     out = tmp_path / "sws"
-    args = ["compress", "--method", "sws", "--from", str(pretrained), "--out", str(out), "--epochs", "3", "--quiet"]
+    args = ["compress", "sws", "--from", str(pretrained), "--out", str(out), "--epochs", "3", "--quiet"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "decoded from model.wsz" in printed and "paper-style" in printed
@@ -50,6 +53,7 @@ def test_compress_sws_end_to_end(pretrained, tmp_path, capsys):
 
 def test_encode_decode_inspect(pretrained, tmp_path, capsys):
     out = tmp_path / "sws"
+    # the former spelling, --method sws, still works
     main(["compress", "--method", "sws", "--from", str(pretrained), "--out", str(out), "--epochs", "1", "--quiet"])
     capsys.readouterr()
     assert main(["encode", str(out), "--out", str(tmp_path / "again.wsz")]) == 0
@@ -85,9 +89,7 @@ def test_bad_sws_settings(pretrained, tmp_path, capsys):
         (["--tau", "-1"], "tau"),
         (["--cover-pattern", "nothing_matches"], "matches no parameter"),
     ):
-        code = main(
-            ["compress", "--method", "sws", "--from", str(pretrained), "--out", str(tmp_path / "y"), "--quiet", *argv]
-        )
+        code = main(["compress", "sws", "--from", str(pretrained), "--out", str(tmp_path / "y"), "--quiet", *argv])
         assert code in (1, 2), argv
         assert message in capsys.readouterr().err, argv
 
@@ -101,7 +103,7 @@ def test_compress_val_size_zero_retrains_on_every_training_image(mnist_dir, tmp_
     pre, out = tmp_path / "pre", tmp_path / "sws"
     common = ["--data-dir", str(mnist_dir), "--epochs", "1", "--quiet"]
     assert main(["pretrain", "--model", "lenet300", "--dataset", "mnist", "--out", str(pre), *common]) == 0
-    assert main(["compress", "--method", "sws", "--from", str(pre), "--out", str(out), "--val-size", "0", *common]) == 0
+    assert main(["compress", "sws", "--from", str(pre), "--out", str(out), "--val-size", "0", *common]) == 0
     assert json.loads((pre / "config.json").read_text())["data"]["val_size"] == 5000
     assert json.loads((out / "config.json").read_text())["data"]["val_size"] == 0
     report = json.loads((out / "report.json").read_text())
@@ -111,3 +113,125 @@ def test_compress_val_size_zero_retrains_on_every_training_image(mnist_dir, tmp_
     last = (out / "metrics.csv").read_text().splitlines()[-1].split(",")
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert last[header.index("val_error")] == "nan"
+
+
+# --- compress: one subcommand per method ------------------------------------------------------------------
+
+
+def test_a_setting_of_another_method_is_refused_in_one_line(pretrained, tmp_path, capsys):
+    out = tmp_path / "dc"
+    assert main(["compress", "dc", "--from", str(pretrained), "--out", str(out), "--tau", "0.1"]) == 2
+    assert capsys.readouterr().err == "weightshare compress dc: error: --tau is a setting of sws, not of dc\n"
+    assert not out.exists()
+    argv = ["compress", "--method", "admm", "--from", str(pretrained), "--out", str(out), "--no-include-biases"]
+    assert main(argv) == 2  # the former spelling, and a switch's --no- form
+    assert capsys.readouterr().err.splitlines() == [
+        "weightshare compress admm: error: --no-include-biases is a setting of sws and pwfn, not of admm"
+    ]
+    assert not out.exists()
+
+
+def test_compress_help_lists_the_methods_and_a_method_all_its_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    listing = capsys.readouterr().out
+    assert all(f"    {name}  " in listing for name in CONFIGS)
+    with pytest.raises(SystemExit):
+        main(["compress", "sws", "--help"])
+    listing = capsys.readouterr().out
+    for section in SWSConfig().sections().values():
+        for name in set(section) - {"model"}:  # the model is always the source run's
+            assert f"--{name.replace('_', '-')} " in listing, name
+    assert "--kept" not in listing and "--tau" in listing
+
+
+def _resolve(cls, *flags, model="mlp"):
+    args = build_parser().parse_args(["compress", cls.method, "--from", "pre", "--out", "out", *flags])
+    return resolve_method_config(cls, args, {"train": {"model": model, "seed": 3}, "data": {}})
+
+
+def test_settings_resolve_defaults_source_preset_file_flags(tmp_path):
+    cfg = _resolve(SWSConfig)  # the preset named after the source run's model: mlp -> digits
+    assert (cfg.train.epochs, cfg.tau, cfg.train.seed) == (150, 3e-2, 3)
+    toml = tmp_path / "c.toml"
+    toml.write_text("[sws]\ntau = 0.04\n[train]\nepochs = 7\nseed = 1\n[finish]\ncodebook_epochs = 1\n")
+    cfg = _resolve(SWSConfig, "--preset", "lenet5", "--config", str(toml), "--epochs", "9", model="lenet5")
+    assert (cfg.tau, cfg.train.epochs, cfg.train.seed, cfg.train.lr_schedule) == (0.04, 9, 1, "cosine")
+    assert (cfg.finish.codebook_epochs, cfg.finish.codebook_lr, cfg.data.val_size) == (1, 1e-3, 0)
+    assert _resolve(SWSConfig, "--preset", "lenet5", "--val-size", "5000").data.val_size == 5000
+
+
+def test_config_files_name_an_unknown_section_or_key(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[sws]\nbogus = 1\n")
+    with pytest.raises(ConfigError, match=rf"config file {toml}: unknown setting\(s\) bogus for \[sws\]"):
+        _resolve(SWSConfig, "--config", str(toml))
+    toml.write_text("[dc]\nkept = [0.5]\n")
+    with pytest.raises(ConfigError, match=rf"config file {toml}: unknown section \[dc\]"):
+        _resolve(SWSConfig, "--config", str(toml))
+    toml.write_text('[data]\ndataset = "mnist"\n')  # the data set is always the source run's
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) dataset for \[data\]"):
+        _resolve(SWSConfig, "--config", str(toml))
+
+
+def test_list_settings_round_trip_through_toml_flags_python_and_the_run(tmp_path):
+    toml = tmp_path / "dc.toml"
+    toml.write_text("[dc]\nkept = [0.08, 0.09, 0.26]\n")
+    from_file = _resolve(DCConfig, "--config", str(toml))
+    from_flags = _resolve(DCConfig, "--kept", "0.08,0.09,0.26")
+    from_python = DCConfig.preset("digits").updated({"dc": {"kept": [0.08, 0.09, 0.26]}})
+    assert from_file.kept == from_flags.kept == from_python.kept == [0.08, 0.09, 0.26]
+    data = {"dataset": "digits", "val_size": 0, "batch_size": 32, "data_dir": None}
+    stored = json.loads(json.dumps({"method": "dc", **from_flags.sections(), "data": data}))
+    assert stored_config(stored).sections()["dc"] == from_flags.sections()["dc"]
+    assert _resolve(PWFNConfig, "--schedule", "0.5,1").schedule == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "toml", "message"),
+    [
+        (["--kept", "0.5,x"], None, "setting 'kept': 'x' is not a number (in '0.5,x')"),
+        (["--kept", "0.5,1.5"], None, "setting 'kept' must be <= 1; got 1.5"),
+        ([], '[dc]\nkept = "0.5,0.6"\n', "setting 'kept' must be a list, got '0.5,0.6'"),
+        ([], "[dc]\nquality = [-1]\n", "setting 'quality' must be >= 0; got -1.0"),
+    ],
+)
+def test_bad_lists_are_refused_naming_the_setting(tmp_path, flags, toml, message):
+    if toml:
+        (tmp_path / "c.toml").write_text(toml)
+        flags = [*flags, "--config", str(tmp_path / "c.toml")]
+    with pytest.raises(ConfigError) as error:
+        _resolve(DCConfig, *flags)
+    assert message in str(error.value)
+
+
+def test_a_finish_section_in_a_config_file_is_honoured(pretrained, tmp_path):
+    toml, out = tmp_path / "finish.toml", tmp_path / "sws"
+    toml.write_text("[train]\nepochs = 2\n[finish]\ncodebook_epochs = 1\nremove_dead = false\n")
+    assert (
+        main(["compress", "sws", "--from", str(pretrained), "--out", str(out), "--config", str(toml), "--quiet"]) == 0
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["finish"] == {"remove_dead": False, "codebook_epochs": 1, "codebook_lr": 1e-4}
+    phases = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert phases[-3:] == ["retrain", "retrain", "codebook"]
+    report = json.loads((out / "report.json").read_text())
+    assert "snapped" in report["errors"] and "dead_weights_removed" not in report["method_summary"]
+
+
+def test_a_bogus_key_in_a_config_file_is_refused_before_any_work(pretrained, tmp_path, capsys):
+    toml, out = tmp_path / "bogus.toml", tmp_path / "sws"
+    toml.write_text("[sws]\nbogus = 1\n")
+    assert main(["compress", "sws", "--from", str(pretrained), "--out", str(out), "--config", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert str(toml) in err and "[sws]" in err and "bogus" in err and not out.exists()
+
+
+def test_resume_keeps_the_stored_settings(pretrained, tmp_path):
+    out = tmp_path / "sws"
+    common = ["compress", "sws", "--from", str(pretrained), "--out", str(out), "--quiet"]
+    assert main([*common, "--epochs", "2", "--tau", "0.01", "--codebook-epochs", "1"]) == 0
+    first = json.loads((out / "report.json").read_text())
+    assert main([*common, "--resume", "--tau", "0.5"]) == 0  # a finished run: its settings, the same result
+    assert json.loads((out / "config.json").read_text())["sws"]["tau"] == 0.01
+    assert json.loads((out / "report.json").read_text())["file"] == first["file"]

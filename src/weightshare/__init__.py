@@ -10,10 +10,11 @@ from weightshare.core.errors import ConfigError, DataError, FormatError, Trainin
 from weightshare.core.kmeans import kmeans1d
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor, load_quantized, save_quantized
 from weightshare.core.version import __version__
-from weightshare.data.config import DataConfig
+from weightshare.data.config import DataConfig, DataOverrides
 from weightshare.data.datasets import DataBundle, load_data
+from weightshare.finish.config import FinishConfig
 from weightshare.finish.deadweights import remove_dead_weights
-from weightshare.methods import Method, SoftWeightSharing, SWSConfig
+from weightshare.methods import AdmmConfig, DCConfig, Method, MethodConfig, PWFNConfig, SoftWeightSharing, SWSConfig
 from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
 from weightshare.models.architectures import build_model, count_parameters
 from weightshare.pipeline.compress import compress
@@ -24,14 +25,20 @@ from weightshare.train.loop import evaluate, fit
 
 __all__ = [
     "__version__",
+    "AdmmConfig",
     "ConfigError",
+    "DCConfig",
     "DataBundle",
     "DataConfig",
     "DataError",
+    "DataOverrides",
+    "FinishConfig",
     "FormatError",
     "Method",
+    "MethodConfig",
     "MixtureConfig",
     "MixturePrior",
+    "PWFNConfig",
     "QuantizedModel",
     "QuantizedTensor",
     "SWSConfig",

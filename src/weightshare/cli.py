@@ -3,15 +3,16 @@
 Every subcommand takes its settings from (lowest to highest priority) the
 dataclass defaults, a named ``--preset``, a TOML ``--config`` file and flags.
 Each setting's flag is its field name with dashes (``lr_w`` -> ``--lr-w``).
+``weightshare compress METHOD`` has one subcommand per method, listing only
+that method's settings and the ``[train]``, ``[data]`` and ``[finish]`` ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weightshare.core import settings as cfgmod
 from weightshare.core.errors import ConfigError
@@ -19,7 +20,10 @@ from weightshare.data.config import DataConfig
 from weightshare.train.config import TrainConfig
 from weightshare.train.presets import PRETRAIN_PRESETS, get_preset
 
-__all__ = ["main", "build_parser", "resolve_settings"]
+if TYPE_CHECKING:
+    from weightshare.methods.base import MethodConfig
+
+__all__ = ["main", "build_parser", "resolve_method_config", "resolve_settings"]
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -119,63 +123,52 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
-    from weightshare.methods import METHODS
+    from weightshare.methods import CONFIGS
 
-    p = sub.add_parser("compress", help="retrain a pretrained run with a method, write model.wsz and report.json")
-    p.add_argument("--method", required=True, choices=sorted(METHODS), help="compression method")
+    p = sub.add_parser(
+        "compress",
+        help="retrain a pretrained run with a method, write model.wsz and report.json",
+        description="Retrain a pretrained run with a method: weightshare compress METHOD --from RUN --out DIR. "
+        "'weightshare compress METHOD --help' lists every setting of that method.",
+    )
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", title="methods")
+    for name, cls in CONFIGS.items():
+        m = methods.add_parser(name, help=cls.description, description=f"Compress with {cls.description}.")
+        _add_compress_options(m, cls)
+
+
+def _add_compress_options(p: argparse.ArgumentParser, cls: type) -> None:
+    """The options of ``weightshare compress METHOD``: the run, then the method's settings and the sections'."""
     p.add_argument("--from", dest="source", required=True, help="pretrained run directory")
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--preset", help="named recipe of the method (its values are defaults)")
-    p.add_argument("--config", help="TOML file with [train] and a table named after the method, e.g. [sws]")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--preset",
+        choices=sorted(cls.presets),
+        help="named recipe (its values are defaults; default: the one named after the source run's model)",
+    )
+    p.add_argument("--config", help=f"TOML file with tables {', '.join(f'[{s}]' for s in cls.section_names())}")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (its stored settings)")
     p.add_argument("--make-gif", action="store_true", help="record weights each epoch for the scatter animation")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--data-dir", help="data directory (default: the source run's)")
-    p.add_argument(
-        "--val-size",
-        type=int,
-        help="validation images carved from the training set (default: the source run's; 0 retrains on all "
-        "60k MNIST images, the papers' protocol)",
-    )
-    cfgmod.add_arguments(p, TrainConfig, skip=("model",))
-    seen: set[str] = set()
-    for spec in METHODS.values():
-        cfgmod.add_arguments(p, spec.config_class, skip=seen)
-        seen |= {f.name for f in dataclasses.fields(spec.config_class)}
+    cfgmod.add_recipe_arguments(p, cls, cls.method, skip=("model",))  # the model is the source run's
 
 
 @command("compress")
 def _compress(args: argparse.Namespace) -> int:
-    from weightshare.methods import get_method
-    from weightshare.pipeline.compress import compress
+    from weightshare.methods import config_class
+    from weightshare.pipeline.compress import compress, stored_config
     from weightshare.report.run_report import format_summary
     from weightshare.runs.rundir import RunDir
 
-    spec = get_method(args.method)
-    source = RunDir.open(args.source).config
-    preset = get_preset(spec.presets, args.preset or _infer_method_preset(spec, source), f"{args.method}")
-    base = {"train": {"model": source["train"]["model"], "seed": source["train"]["seed"]}}
-    data_cfg = DataConfig(**source["data"])
+    cls = config_class(args.method)
     if args.resume:
-        stored = RunDir.open(args.out).config
-        train_cfg, method_cfg = TrainConfig(**stored["train"]), spec.config_class(**stored[spec.name])
-        data_cfg = DataConfig(**stored["data"])  # e.g. a --val-size given when the run started
+        config = stored_config(RunDir.open(args.out).config)
+        if args.data_dir:  # where the data lives may change between machines; nothing else does
+            config.data.data_dir = args.data_dir
     else:
-        train_cfg, method_cfg = resolve_settings([TrainConfig, spec.config_class], args, preset, base)
-    if args.data_dir:
-        data_cfg.data_dir = args.data_dir
-    if args.val_size is not None:
-        data_cfg.val_size = args.val_size
+        config = resolve_method_config(cls, args, RunDir.open(args.source).config)
     report = compress(
-        args.method,
-        args.source,
-        args.out,
-        train_cfg=train_cfg,
-        method_cfg=method_cfg,
-        data_cfg=data_cfg,
-        resume=args.resume,
-        progress=not args.quiet,
-        record_frames=args.make_gif,
+        args.source, config, args.out, resume=args.resume, progress=not args.quiet, record_frames=args.make_gif
     )
     print(format_summary(report))
     if args.make_gif:
@@ -185,11 +178,65 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _infer_method_preset(spec, source: dict) -> str | None:
+def resolve_method_config(cls: type[MethodConfig], args: argparse.Namespace, source: dict[str, Any]) -> MethodConfig:
+    """defaults < the source run's model and seed < preset < config file < flags, validated.
+
+    Without ``--preset`` the preset named after the source run's model applies, if the method has one.
+    """
+    preset = args.preset or _infer_method_preset(cls, source)
+    layers: list[tuple[str, cfgmod.Sections]] = [
+        ("source run", {"train": {k: source["train"][k] for k in ("model", "seed")}}),
+        (f"{cls.method} preset {preset!r}", cls.preset_sections(preset) if preset else {}),
+        ("flags", cfgmod.sections_from_args(args, cls, cls.method)),
+    ]
+    if args.config:
+        layers.insert(2, (f"config file {args.config}", cfgmod.load_toml(args.config, cls.section_names())))
+    config = cls()
+    for origin, sections in layers:
+        config = config.updated(sections, origin)
+    return cfgmod.validate(config)
+
+
+def _infer_method_preset(cls: type[MethodConfig], source: dict) -> str | None:
     """The preset named after the source run's model, if there is one (``lenet300`` -> ``lenet300``)."""
     model = source.get("train", {}).get("model")
     name = {"mlp": "digits"}.get(model, model)
-    return name if name in spec.presets else None
+    return name if name in cls.presets else None
+
+
+def _method_alias(argv: list[str]) -> list[str]:
+    """``compress --method sws ...`` (the former spelling) -> ``compress sws ...``.
+
+    >>> _method_alias(["compress", "--from", "r", "--method", "dc", "--out", "o"])
+    ['compress', 'dc', '--from', 'r', '--out', 'o']
+    """
+    if argv[:1] != ["compress"]:
+        return argv
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--method" and i + 1 < len(argv):
+            return ["compress", argv[i + 1], *argv[1:i], *argv[i + 2 :]]
+        if arg.startswith("--method="):
+            return ["compress", arg.removeprefix("--method="), *argv[1:i], *argv[i + 1 :]]
+    return argv
+
+
+def _foreign_setting(argv: list[str]) -> str | None:
+    """The one-line refusal of a flag that is another method's setting (``compress dc --tau 0.1``), if any.
+
+    >>> _foreign_setting(["compress", "dc", "--from", "r", "--tau=0.1"])
+    '--tau is a setting of sws, not of dc'
+    """
+    from weightshare.methods import CONFIGS
+
+    if argv[:1] != ["compress"] or len(argv) < 2 or argv[1] not in CONFIGS:
+        return None
+    method, flags = argv[1], {name: cfgmod.setting_flags(cls) for name, cls in CONFIGS.items()}
+    for arg in argv[2:]:
+        flag = arg.split("=", 1)[0]
+        owners = [name for name, own in flags.items() if flag in own]
+        if flag.startswith("--") and owners and method not in owners:
+            return f"{flag} is a setting of {' and '.join(owners)}, not of {method}"
+    return None
 
 
 # --- encode / decode / inspect ----------------------------------------------------------------
@@ -355,17 +402,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _method_alias(list(sys.argv[1:] if argv is None else argv))
+    foreign = _foreign_setting(argv)
+    if foreign:  # argparse would print its usage too: one line says it
+        print(f"weightshare compress {argv[1]}: error: {foreign}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    prog = " ".join(["weightshare", args.command, *([args.method] if args.command == "compress" else [])])
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, KeyError) as exc:
-        print(f"weightshare {args.command}: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         from weightshare.core.errors import USER_ERRORS
 
         if isinstance(exc, USER_ERRORS):
-            print(f"weightshare {args.command}: error: {exc}", file=sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
             return 1
         raise
 

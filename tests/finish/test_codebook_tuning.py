@@ -71,10 +71,10 @@ def test_tuning_lowers_the_loss_and_keeps_every_index(digits):
 def test_cli_codebook_epochs_tunes_after_snapping(tmp_path):
     pre, out = tmp_path / "pre", tmp_path / "sws"
     assert main(["pretrain", "--preset", "digits", "--epochs", "6", "--out", str(pre), "--quiet"]) == 0
-    args = ["compress", "--method", "sws", "--from", str(pre), "--out", str(out), "--epochs", "10", "--quiet"]
+    args = ["compress", "sws", "--from", str(pre), "--out", str(out), "--epochs", "10", "--quiet"]
     assert main([*args, "--codebook-epochs", "2", "--codebook-lr", "1e-3"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["errors"]) == {"pretrained", "retrained", "snapped", "decoded"}
     phases = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert phases == ["pretrain"] * 6 + ["retrain"] * 10 + ["codebook"] * 2
-    assert json.loads((out / "config.json").read_text())["sws"]["codebook_epochs"] == 2
+    assert json.loads((out / "config.json").read_text())["finish"]["codebook_epochs"] == 2

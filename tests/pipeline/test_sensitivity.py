@@ -37,7 +37,8 @@ def test_cli_writes_one_row_per_layer_and_fraction(pretrained, capsys):
     assert f"--kept {result['kept']}" in printed
     # the derived kept fractions are a valid --kept for Deep Compression on the same model
     model = build_model("mlp")
-    dc = DeepCompression(model, validate(DCConfig(kept=result["kept"], prune_rounds=1, prune_epochs=1)))
+    kept = [float(v) for v in result["kept"].split(",")]  # the string --kept takes
+    dc = DeepCompression(model, validate(DCConfig(kept=kept, prune_rounds=1, prune_epochs=1)))
     assert list(dc.targets.values()) == [result["layers"][n]["kept"] for n in layers]
     for layer, setting in result["layers"].items():  # each derived point is within the allowed drop
         within = [r for r in rows if r["layer"] == layer and float(r["pruned_fraction"]) <= setting["pruned_fraction"]]

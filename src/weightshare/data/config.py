@@ -38,7 +38,10 @@ class DataOverrides:
     """
 
     val_size: int | None = setting(
-        None, "validation images carved from the training set (default: the source run's)", ge=0
+        None,
+        "validation images carved from the training set (default: the source run's; 0 retrains on every "
+        "training image, the papers' protocol)",
+        ge=0,
     )
     batch_size: int | None = setting(None, "mini-batch size (default: the source run's)", ge=1)
     data_dir: str | None = setting(None, "data directory (default: the source run's)")

@@ -1,61 +1,83 @@
-"""Compression methods, in a registry by name (``--method``)."""
+"""Compression methods, in a registry from config type to method class.
+
+A method's config (``SWSConfig``, ``DCConfig``, ...) carries its name, description and presets,
+so the registry only says which :class:`Method` each config builds; :data:`CONFIGS` finds a
+config class by name (the CLI subcommand, the section of a run's ``config.json``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from torch import nn
 
-from weightshare.methods.admm.config import ADMM_PRESETS, AdmmConfig
+from weightshare.core.errors import ConfigError
+from weightshare.methods.admm.config import AdmmConfig
 from weightshare.methods.admm.method import ADMM
-from weightshare.methods.base import Method, PlainTraining
-from weightshare.methods.dc.config import DC_PRESETS, DCConfig
+from weightshare.methods.base import Method, MethodConfig, PlainTraining
+from weightshare.methods.dc.config import DCConfig
 from weightshare.methods.dc.method import DeepCompression
-from weightshare.methods.pwfn.config import PWFN_PRESETS, PWFNConfig
+from weightshare.methods.pwfn.config import PWFNConfig
 from weightshare.methods.pwfn.method import ProbabilisticWeightFixing
-from weightshare.methods.sws.config import SWS_PRESETS, SWSConfig
+from weightshare.methods.sws.config import SWSConfig
 from weightshare.methods.sws.method import SoftWeightSharing
 
-__all__ = ["Method", "PlainTraining", "SoftWeightSharing", "SWSConfig", "MethodSpec", "METHODS", "get_method"]
+__all__ = [
+    "ADMM",
+    "CONFIGS",
+    "METHODS",
+    "AdmmConfig",
+    "DCConfig",
+    "DeepCompression",
+    "Method",
+    "MethodConfig",
+    "PWFNConfig",
+    "PlainTraining",
+    "ProbabilisticWeightFixing",
+    "SWSConfig",
+    "SoftWeightSharing",
+    "build_method",
+    "config_class",
+    "method_class",
+]
 
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """How the pipeline builds a method: its config class (= TOML section), factory and presets."""
-
-    name: str
-    config_class: type
-    presets: dict[str, dict[str, dict[str, Any]]]
-    factory: Any  # (model, config, n_train) -> Method
-    description: str
-
-
-METHODS: dict[str, MethodSpec] = {
-    "sws": MethodSpec("sws", SWSConfig, SWS_PRESETS, SoftWeightSharing, "soft weight-sharing (Ullrich et al. 2017)"),
-    "dc": MethodSpec("dc", DCConfig, DC_PRESETS, DeepCompression, "Deep Compression (Han, Mao & Dally 2016)"),
-    "pwfn": MethodSpec(
-        "pwfn",
-        PWFNConfig,
-        PWFN_PRESETS,
-        ProbabilisticWeightFixing,
-        "probabilistic weight fixing (Subia-Waud & Dasmahapatra 2023)",
-    ),
-    "admm": MethodSpec(
-        "admm",
-        AdmmConfig,
-        ADMM_PRESETS,
-        ADMM,
-        "sparsity-quantization joint learning by ADMM (Yang, Gui, Zhu & Liu 2020)",
-    ),
+METHODS: dict[type[MethodConfig], type[Method]] = {
+    SWSConfig: SoftWeightSharing,
+    DCConfig: DeepCompression,
+    PWFNConfig: ProbabilisticWeightFixing,
+    AdmmConfig: ADMM,
 }
 
-
-def get_method(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    return METHODS[name]
+CONFIGS: dict[str, type[MethodConfig]] = {cls.method: cls for cls in METHODS}
+"""Config classes by method name: ``CONFIGS["sws"] is SWSConfig``."""
 
 
-def build_method(name: str, model: nn.Module, config: Any, n_train: int) -> Method:
-    return get_method(name).factory(model, config, n_train)
+def config_class(name: str) -> type[MethodConfig]:
+    """The config class of method ``name``.
+
+    >>> config_class("dc").__name__
+    'DCConfig'
+    >>> config_class("xyz")
+    Traceback (most recent call last):
+    ...
+    weightshare.core.errors.ConfigError: unknown method 'xyz'; known: sws, dc, pwfn, admm
+    """
+    if name not in CONFIGS:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(CONFIGS)}")
+    return CONFIGS[name]
+
+
+def method_class(config: MethodConfig) -> type[Method]:
+    """The method a config builds, by its type (a subclass of a method's config builds that method).
+
+    >>> method_class(SWSConfig()).__name__
+    'SoftWeightSharing'
+    """
+    for cls in type(config).__mro__:
+        if cls in METHODS:
+            return METHODS[cls]
+    known = ", ".join(cls.__name__ for cls in METHODS)
+    raise ConfigError(f"not a method's config: {type(config).__name__} (expected one of {known})")
+
+
+def build_method(config: MethodConfig, model: nn.Module, n_train: int) -> Method:
+    """The method of ``config``, ready to train ``model`` on ``n_train`` examples."""
+    return method_class(config)(model, config, n_train)

@@ -1,8 +1,8 @@
 """The Method protocol: how a compression method plugs into the one training loop.
 
-A method is a small object with hooks (DESIGN.md, "The methods"). The training
-loop in :mod:`weightshare.train.loop` calls them; a user can call the same hooks from
-a loop of their own::
+A method is a small object with hooks, built from its config (a
+:class:`MethodConfig`). The training loop in :mod:`weightshare.train.loop` calls
+them; a user can call the same hooks from a loop of their own::
 
     method = SoftWeightSharing(model, config)
     opt = torch.optim.Adam([{"params": model.parameters(), "lr": 5e-4}, *method.parameters()])
@@ -18,12 +18,13 @@ a loop of their own::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from torch import nn
 
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
+from weightshare.core.settings import Sections, apply_sections, section, to_sections, validate
 from weightshare.data.config import DataOverrides
 from weightshare.finish.config import FinishConfig
 from weightshare.train.config import TrainConfig
@@ -49,16 +50,57 @@ class MethodConfig:
     """A method's whole recipe: its own settings plus the ``[train]``, ``[data]`` and ``[finish]`` sections.
 
     Subclasses (``SWSConfig``, ``DCConfig``, ...) name their method with ``method`` (the TOML
-    section of their own settings, the CLI subcommand and the registry key) and list their
-    ``presets``; the config's type alone says which method runs.
+    section of their own settings, the CLI subcommand and the registry key), say what it is in
+    ``description`` and list their ``presets`` (settings by section); the config's type alone says
+    which method runs. ``data`` holds what a run changes from its source run's data settings.
     """
 
     method: ClassVar[str] = ""
+    description: ClassVar[str] = ""
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
 
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    data: DataOverrides = dataclasses.field(default_factory=DataOverrides)
-    finish: FinishConfig = dataclasses.field(default_factory=FinishConfig)
+    train: TrainConfig = section(TrainConfig)
+    data: DataOverrides = section(DataOverrides)
+    finish: FinishConfig = section(FinishConfig)
+
+    @classmethod
+    def preset(cls, name: str) -> Self:
+        """The complete, validated recipe of preset ``name`` (e.g. ``SWSConfig.preset("lenet300")``).
+
+        >>> @dataclasses.dataclass
+        ... class Example(MethodConfig):
+        ...     method = "example"
+        ...     presets = {"quick": {"train": {"epochs": 2}, "finish": {"codebook_epochs": 1}}}
+        >>> quick = Example.preset("quick")
+        >>> quick.train.epochs, quick.finish.codebook_epochs, quick.train.lr
+        (2, 1, 0.001)
+        >>> Example.preset("slow")
+        Traceback (most recent call last):
+        ...
+        weightshare.core.errors.ConfigError: unknown example preset 'slow'; known: quick
+        """
+        return validate(cls().updated(cls.preset_sections(name), f"{cls.method} preset {name!r}"))
+
+    @classmethod
+    def preset_sections(cls, name: str) -> Sections:
+        """The settings preset ``name`` sets, by section; an unknown name is refused listing the known ones."""
+        if name not in cls.presets:
+            known = ", ".join(sorted(cls.presets)) or "(none)"
+            raise ConfigError(f"unknown {cls.method} preset {name!r}; known: {known}")
+        return cls.presets[name]
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        """The TOML sections of this recipe: the method's own first, e.g. ``sws, train, data, finish``."""
+        return list(cls().sections())
+
+    def updated(self, sections: Sections, source: str = "overrides") -> Self:
+        """A copy with the settings of ``sections`` replaced (not validated); unknown sections or keys are refused."""
+        return apply_sections(self, sections, source, own=self.method)
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """Every setting by section, as a TOML file (or ``config.json``) holds them; :meth:`updated` reads it back."""
+        return to_sections(self, own=self.method)
 
 
 class Method(TrainingHooks):

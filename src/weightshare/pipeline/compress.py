@@ -7,6 +7,7 @@ paper-style estimate is written beside it, labelled as such.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from typing import Any
@@ -19,9 +20,10 @@ from weightshare.core.settings import validate
 from weightshare.data.config import DataConfig
 from weightshare.data.datasets import DataBundle, load_data
 from weightshare.finish.codebook_tuning import CodebookTuning
+from weightshare.finish.config import FinishConfig
 from weightshare.finish.deadweights import remove_dead_weights
-from weightshare.methods import build_method, get_method
-from weightshare.methods.base import Method
+from weightshare.methods import build_method, config_class, method_class
+from weightshare.methods.base import Method, MethodConfig
 from weightshare.models.architectures import build_model
 from weightshare.pipeline.pretrain import evaluate_model, load_run_model, set_threads
 from weightshare.report.run_report import build_report, write_report
@@ -29,51 +31,46 @@ from weightshare.runs.rundir import RunDir
 from weightshare.train.config import TrainConfig
 from weightshare.train.loop import fit
 
-__all__ = ["compress", "finish", "tune_codebooks"]
+__all__ = ["compress", "finish", "stored_config", "tune_codebooks"]
 
 
 def compress(
-    method: str,
     source: str | os.PathLike,
+    config: MethodConfig,
     out: str | os.PathLike,
     *,
-    train_cfg: TrainConfig,
-    method_cfg: Any,
-    data_cfg: DataConfig | None = None,
     resume: bool = False,
     progress: bool = True,
     record_frames: bool = False,
     data: DataBundle | None = None,
 ) -> dict[str, Any]:
-    """Retrain the final model of run ``source`` with ``method``; write everything into ``out``.
+    """Retrain the final model of run ``source`` with the recipe ``config``; write everything into ``out``.
 
-    ``record_frames`` keeps a sample of the covered weights each epoch (for the scatter animation).
-    Returns the report (also written to ``out/report.json``).
+    The type of ``config`` picks the method (``SWSConfig`` -> soft weight-sharing), e.g.
+    ``compress("runs/lenet300", SWSConfig.preset("lenet300"), "runs/out")``. ``config.train`` drives the
+    retraining (its ``model`` is always the source run's), ``config.data`` changes the source run's data
+    settings, ``config.finish`` the stages after the method's hard assignment. ``record_frames`` keeps a
+    sample of the covered weights each epoch (for the scatter animation). Returns the report (also
+    written to ``out/report.json``).
     """
-    spec = get_method(method)
-    validate(train_cfg)
-    validate(method_cfg)
+    method_class(config)  # not a method's config: refused before anything is read or written
+    config = validate(copy.deepcopy(config))  # the caller's object stays as it was
     if not resume:
         RunDir.check_new(out)
     model, source_run = load_run_model(source)
-    data_cfg = validate(data_cfg or DataConfig(**source_run.config["data"]))
+    config, data_cfg = _resolve(config, source_run.config)
+    train_cfg = config.train
     set_threads(train_cfg.threads)
-    config = {
-        "command": "compress",
-        "method": method,
-        "source": str(source),
-        "data": dataclasses.asdict(data_cfg),
-        "train": dataclasses.asdict(train_cfg),
-        spec.name: dataclasses.asdict(method_cfg),
-    }
+    record = {"command": "compress", "method": config.method, "source": str(source), **config.sections()}
+    record["data"] = dataclasses.asdict(data_cfg)  # what ran, not just what this recipe changed
     data = data or load_data(data_cfg)
     pretrained_state = {k: v.clone() for k, v in model.state_dict().items()}
     pretrained = evaluate_model(model, data)
     torch.manual_seed(train_cfg.seed)
-    hooks = build_method(method, model, method_cfg, len(data.train))
+    hooks = build_method(config, model, len(data.train))
     hooks.check_train(train_cfg)  # e.g. a schedule of rounds that fixes the number of epochs
     # Only now, with every setting checked, does the run directory come to exist.
-    run = RunDir.open(out) if resume else RunDir.create(out, config)
+    run = RunDir.open(out, write=True) if resume else RunDir.create(out, record)
     if not resume:
         save_tensors(run.file("model_init.safetensors"), pretrained_state)
     history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
@@ -94,14 +91,14 @@ def compress(
     _write_method_records(run, hooks)
     save_tensors(run.file("model_final.safetensors"), model.state_dict())
     retrained = evaluate_model(model, data)
-    qmodel, removed = _remove_dead(model, hooks.finalize(model), method_cfg, data)
-    qmodel.meta.update({"method": method, "model": source_run.config["train"]["model"]})
+    qmodel, removed = _remove_dead(model, hooks.finalize(model), config.finish, data)
+    qmodel.meta.update({"method": config.method, "model": train_cfg.model})
     errors = {"pretrained": pretrained, "retrained": retrained}
-    if getattr(method_cfg, "codebook_epochs", 0):
+    if config.finish.codebook_epochs:
         errors["snapped"] = evaluate_model(qmodel.load_into(model), data)
         # Short, so it keeps no checkpoint of its own: an interrupted run resumes from the retraining's.
         qmodel, rows = tune_codebooks(
-            model, qmodel, data, train_cfg, epochs=method_cfg.codebook_epochs, lr=method_cfg.codebook_lr,
+            model, qmodel, data, train_cfg, epochs=config.finish.codebook_epochs, lr=config.finish.codebook_lr,
             batch_size=data_cfg.batch_size, progress=progress, history=run.read_metrics(),
         )  # fmt: skip
         run.write_metrics(rows)
@@ -109,11 +106,34 @@ def compress(
     return finish(run, qmodel, data, errors=errors, method_summary=summary)
 
 
+def _resolve(config: MethodConfig, source: dict[str, Any]) -> tuple[MethodConfig, DataConfig]:
+    """The recipe as it runs from a source run with ``config.json`` ``source``: the source's model, and the
+    source's data settings with ``config.data`` applied."""
+    train = dataclasses.replace(config.train, model=source["train"]["model"])  # the weights are the source's
+    data_cfg = validate(config.data.apply(DataConfig(**source["data"])))
+    return dataclasses.replace(config, train=train), data_cfg
+
+
+def stored_config(stored: dict[str, Any]) -> MethodConfig:
+    """The recipe a compression run was started with, from its ``config.json`` (for ``--resume``).
+
+    ``config.json`` holds the data settings that ran; as overrides of the source's they give the same again.
+    """
+    cls = config_class(stored["method"])
+    sections = {name: stored[name] for name in cls.section_names() if name in stored}
+    sections["data"] = {k: stored["data"][k] for k in ("val_size", "batch_size", "data_dir")}
+    if "finish" not in stored:  # a run started before [finish] existed kept these with the method's settings
+        own = dict(sections[cls.method])
+        sections["finish"] = {f.name: own.pop(f.name) for f in dataclasses.fields(FinishConfig) if f.name in own}
+        sections[cls.method] = own
+    return validate(cls().updated(sections, f"{stored['method']} run's config.json"))
+
+
 def _remove_dead(
-    model: torch.nn.Module, qmodel: QuantizedModel, method_cfg: Any, data: DataBundle
+    model: torch.nn.Module, qmodel: QuantizedModel, finish_cfg: FinishConfig, data: DataBundle
 ) -> tuple[QuantizedModel, dict[str, int]]:
-    """The method's ``remove_dead`` setting: drop weights that never change the output (lossless)."""
-    if not getattr(method_cfg, "remove_dead", False):
+    """``[finish] remove_dead``: drop weights that never change the output (lossless)."""
+    if not finish_cfg.remove_dead:
         return qmodel, {}
     return remove_dead_weights(model, qmodel, data.train.x[:1])
 

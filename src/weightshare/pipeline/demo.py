@@ -12,7 +12,7 @@ from pathlib import Path
 from weightshare.core.settings import apply_overrides
 from weightshare.data.config import DataConfig
 from weightshare.data.datasets import load_data
-from weightshare.methods.sws.config import SWS_PRESETS, SWSConfig
+from weightshare.methods.sws.config import SWSConfig
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.report.run_report import format_summary
 from weightshare.train.config import TrainConfig
@@ -41,20 +41,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", progress: bool = True) -> dic
     data = load_data(data_cfg)
     print(f"[1/3] pretraining the digits MLP ({train_cfg.epochs} epochs) -> {root / 'pretrain'}")
     pretrain(data_cfg, train_cfg, root / "pretrain", progress=progress, data=data)
-    sws = SWS_PRESETS["digits"]
-    sws_train = apply_overrides(TrainConfig(model="mlp"), sws["train"])
-    print(f"[2/3] soft weight-sharing retraining ({sws_train.epochs} epochs) -> {root / 'sws'}")
-    report = compress(
-        "sws",
-        root / "pretrain",
-        root / "sws",
-        train_cfg=sws_train,
-        method_cfg=apply_overrides(SWSConfig(), sws["sws"]),
-        data_cfg=data_cfg,
-        progress=progress,
-        record_frames=True,
-        data=data,
-    )
+    config = SWSConfig.preset("digits")
+    print(f"[2/3] soft weight-sharing retraining ({config.train.epochs} epochs) -> {root / 'sws'}")
+    report = compress(root / "pretrain", config, root / "sws", progress=progress, record_frames=True, data=data)
     print(format_summary(report))
     _figures(root / "sws")
     return report

@@ -8,7 +8,7 @@ from weightshare.core.errors import ConfigError
 from weightshare.core.kmeans import kmeans1d
 from weightshare.core.settings import validate
 from weightshare.data.datasets import DataBundle, Split
-from weightshare.methods import METHODS
+from weightshare.methods import CONFIGS, METHODS
 from weightshare.methods.dc.config import DC_PRESETS, DCConfig
 from weightshare.methods.dc.method import DeepCompression, check_epochs, layer_bits, quantize_layer
 from weightshare.methods.dc.pruning import kept_schedule, magnitude_mask
@@ -36,7 +36,7 @@ def _weights(model):
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_pruned_weights_stay_exactly_zero_through_retraining_and_finetuning(digits, optimizer):
     model = _mlp()
-    cfg = DCConfig(kept="0.3", prune_rounds=2, prune_epochs=2, quant_epochs=2, bits_fc=3, lr_centroids=1e-3)
+    cfg = DCConfig(kept=[0.3], prune_rounds=2, prune_epochs=2, quant_epochs=2, bits_fc=3, lr_centroids=1e-3)
     dc = DeepCompression(model, cfg)
     first_masks = {n: m.clone() for n, m in dc.masks.items()}
     seen = []
@@ -58,7 +58,7 @@ def test_pruned_weights_stay_exactly_zero_through_retraining_and_finetuning(digi
 
 def test_gradient_of_pruned_weights_is_zero(digits):
     model = _mlp()
-    dc = DeepCompression(model, DCConfig(kept="0.2", prune_rounds=2, prune_epochs=1))
+    dc = DeepCompression(model, DCConfig(kept=[0.2], prune_rounds=2, prune_epochs=1))
     F.cross_entropy(model(digits.train.x[:64]), digits.train.y[:64]).backward()
     for name, p in _weights(model).items():
         assert bool((p.grad[~dc.masks[name]] == 0).all())
@@ -68,7 +68,7 @@ def test_gradient_of_pruned_weights_is_zero(digits):
 def test_iterative_pruning_reaches_the_per_layer_targets(digits):
     model = _mlp()
     targets = [0.2, 0.4, 0.6]
-    cfg = DCConfig(kept="0.2,0.4,0.6", prune_rounds=3, prune_epochs=1, quant_epochs=1)
+    cfg = DCConfig(kept=[0.2, 0.4, 0.6], prune_rounds=3, prune_epochs=1, quant_epochs=1)
     dc = DeepCompression(model, cfg)
     kept_per_round = []
 
@@ -96,7 +96,7 @@ def test_iterative_pruning_reaches_the_per_layer_targets(digits):
 def test_std_rule_prunes_below_quality_times_std():
     model = _mlp()
     before = {n: p.detach().clone() for n, p in _weights(model).items()}
-    dc = DeepCompression(model, DCConfig(prune_by="std", quality="0.5,1.0,2.0", prune_rounds=2, prune_epochs=0))
+    dc = DeepCompression(model, DCConfig(prune_by="std", quality=[0.5, 1.0, 2.0], prune_rounds=2, prune_epochs=0))
     for (name, w), s in zip(before.items(), [0.5, 1.0, 2.0], strict=True):
         assert torch.equal(dc.masks[name], w.abs() >= s * w.std())  # no retraining: rounds compose to the last
 
@@ -118,7 +118,7 @@ def test_layer_quantization_is_kmeans_of_the_nonzeros():
 def test_method_fills_centroids_with_the_layers_kmeans():
     model = _mlp()
     original = {n: p.detach().clone() for n, p in _weights(model).items()}
-    dc = DeepCompression(model, DCConfig(kept="0.5", prune_rounds=1, prune_epochs=0, bits_fc=3, kmeans_init="density"))
+    dc = DeepCompression(model, DCConfig(kept=[0.5], prune_rounds=1, prune_epochs=0, bits_fc=3, kmeans_init="density"))
     for name, w in original.items():
         ref = kmeans1d(w[magnitude_mask(w, 0.5)], 8, init="density")
         assert torch.equal(dc.centroids[name].detach()[: ref.centroids.numel()], ref.centroids)
@@ -128,7 +128,7 @@ def test_method_fills_centroids_with_the_layers_kmeans():
 def test_centroid_gradient_is_the_summed_weight_gradient():
     torch.manual_seed(1)
     layer = nn.Linear(7, 5)
-    dc = DeepCompression(layer, DCConfig(kept="0.6", prune_rounds=1, prune_epochs=0, bits_fc=2))
+    dc = DeepCompression(layer, DCConfig(kept=[0.6], prune_rounds=1, prune_epochs=0, bits_fc=2))
     x, y = torch.randn(16, 7), torch.randint(0, 5, (16,))
     F.cross_entropy(layer(x), y).backward()
     got = dc.centroids["weight"].grad
@@ -151,7 +151,7 @@ def test_centroid_gradient_is_the_summed_weight_gradient():
 
 def test_fine_tuning_keeps_at_most_2b_values_and_finalize_is_exact(digits):
     model = _mlp()
-    cfg = DCConfig(kept="0.4", prune_rounds=1, prune_epochs=1, quant_epochs=2, bits_fc=3, lr_centroids=1e-3)
+    cfg = DCConfig(kept=[0.4], prune_rounds=1, prune_epochs=1, quant_epochs=2, bits_fc=3, lr_centroids=1e-3)
     dc = DeepCompression(model, cfg)
     start = {n: c.detach().clone() for n, c in dc.centroids.items()}
     fit(model, _small(digits), TrainConfig(epochs=cfg.total_epochs), method=dc, batch_size=64, progress=False)
@@ -169,7 +169,7 @@ def test_fine_tuning_keeps_at_most_2b_values_and_finalize_is_exact(digits):
 def test_conv_and_fc_layers_get_their_own_bit_widths():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
-    cfg = DCConfig(kept="0.9,0.5", prune_rounds=1, prune_epochs=0, bits_conv=4, bits_fc=2)
+    cfg = DCConfig(kept=[0.9, 0.5], prune_rounds=1, prune_epochs=0, bits_conv=4, bits_fc=2)
     dc = DeepCompression(net, cfg)
     assert dc.bits == {"0.weight": 4, "2.weight": 2} and layer_bits(net[0].weight, cfg) == 4
     q = dc.finalize(net)
@@ -187,10 +187,13 @@ def test_conv_and_fc_layers_get_their_own_bit_widths():
     [
         ({"bits_fc": 0}, "setting 'bits_fc' must be >= 1"),
         ({"bits_conv": 17}, "setting 'bits_conv' must be <= 16"),
-        ({"kept": "0.5,1.2"}, "setting 'kept': value 1.2 is outside"),
-        ({"kept": "0"}, "setting 'kept': value 0 is outside"),
-        ({"kept": "0.1;0.2"}, "setting 'kept': '0.1;0.2' is not a number"),
-        ({"quality": "-1"}, "setting 'quality': value -1 is outside"),
+        ({"kept": [0.5, 1.2]}, "setting 'kept' must be <= 1; got 1.2"),
+        ({"kept": [0]}, "setting 'kept' must be > 0; got 0.0"),
+        ({"kept": []}, "setting 'kept' must hold at least one value"),
+        ({"kept": "0.1,0.2"}, "setting 'kept' must be a list"),
+        ({"kept": [0.1, "a"]}, "setting 'kept' must be a number, got 'a'"),
+        ({"kept": [float("nan")]}, "setting 'kept' must be a finite number"),
+        ({"quality": [-1.0]}, "setting 'quality' must be >= 0; got -1.0"),
         ({"prune_by": "l1"}, "setting 'prune_by' must be one of kept, std"),
     ],
 )
@@ -201,7 +204,7 @@ def test_bad_settings_name_the_setting(changes, message):
 
 def test_wrong_number_of_layer_values_and_epochs_are_refused():
     with pytest.raises(ConfigError, match=r"setting 'kept' has 2 values for 3 covered layers \(net.0.weight"):
-        DeepCompression(_mlp(), DCConfig(kept="0.1,0.2"))
+        DeepCompression(_mlp(), DCConfig(kept=[0.1, 0.2]))
     with pytest.raises(ConfigError, match="setting 'epochs' is 5 but the Deep Compression schedule needs 8"):
         check_epochs(DCConfig(prune_rounds=3, prune_epochs=2), TrainConfig(epochs=5))
     dc = DeepCompression(_mlp(), DCConfig(prune_rounds=3, prune_epochs=2))
@@ -210,13 +213,13 @@ def test_wrong_number_of_layer_values_and_epochs_are_refused():
 
 
 def test_presets_match_the_paper_and_their_epochs():
-    assert "dc" in METHODS and METHODS["dc"].presets is DC_PRESETS
-    for preset in DC_PRESETS.values():
-        cfg = validate(DCConfig(**preset["dc"]))
-        check_epochs(cfg, TrainConfig(**preset["train"]))
-    assert DC_PRESETS["lenet300"]["dc"]["kept"] == "0.08,0.09,0.26"
-    assert DC_PRESETS["lenet5"]["dc"]["kept"] == "0.66,0.12,0.08,0.19"
-    assert (DC_PRESETS["lenet5"]["dc"]["bits_conv"], DC_PRESETS["lenet5"]["dc"]["bits_fc"]) == (8, 5)
+    assert CONFIGS["dc"] is DCConfig and METHODS[DCConfig] is DeepCompression and DCConfig.presets is DC_PRESETS
+    for name in DC_PRESETS:
+        cfg = DCConfig.preset(name)
+        check_epochs(cfg, cfg.train)
+    assert DCConfig.preset("lenet300").kept == [0.08, 0.09, 0.26]
+    lenet5 = DCConfig.preset("lenet5")
+    assert lenet5.kept == [0.66, 0.12, 0.08, 0.19] and (lenet5.bits_conv, lenet5.bits_fc) == (8, 5)
 
 
 # --- resume and the command line -----------------------------------------------------------------------
@@ -224,7 +227,7 @@ def test_presets_match_the_paper_and_their_epochs():
 
 @pytest.mark.parametrize("stop_after", [1, 3])  # in the pruning phase / in the fine-tuning phase
 def test_resume_equals_uninterrupted(digits, resume_check, stop_after):
-    cfg = DCConfig(kept="0.3", prune_rounds=2, prune_epochs=1, quant_epochs=3, bits_fc=3, lr_centroids=1e-3)
+    cfg = DCConfig(kept=[0.3], prune_rounds=2, prune_epochs=1, quant_epochs=3, bits_fc=3, lr_centroids=1e-3)
     train = TrainConfig(epochs=cfg.total_epochs, lr=2e-3, weight_decay=1e-4)
     data = _small(digits)
 
@@ -255,4 +258,6 @@ def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
 
 def test_cli_refuses_bad_settings(pretrained_digits, tmp_path, cli_refuses):
     err = cli_refuses("dc", pretrained_digits, tmp_path / "C", "--kept", "0.5,1.5")
-    assert "setting 'kept': value 1.5 is outside (0.0, 1.0]" in err
+    assert "setting 'kept' must be <= 1; got 1.5" in err
+    err = cli_refuses("dc", pretrained_digits, tmp_path / "C", "--kept", "0.5,x")
+    assert "setting 'kept': 'x' is not a number (in '0.5,x')" in err

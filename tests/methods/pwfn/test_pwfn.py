@@ -7,7 +7,7 @@ from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import load_quantized
 from weightshare.core.settings import validate
 from weightshare.data.datasets import DataBundle, Split
-from weightshare.methods import METHODS
+from weightshare.methods import CONFIGS, METHODS
 from weightshare.methods.pwfn.config import PWFN_PRESETS, PWFNConfig
 from weightshare.methods.pwfn.method import ProbabilisticWeightFixing, check_epochs, join_sigma
 from weightshare.methods.pwfn.pow2 import SIGMA_MAX, prior_sigma
@@ -104,7 +104,7 @@ def test_regulariser_gradient_is_the_papers_sigma_edit(digits):
 def test_fixed_weights_never_move_and_every_weight_ends_on_a_centre(digits, optimizer, join):
     model = _mlp()
     cfg = PWFNConfig(
-        schedule="0.3,0.6,0.9,1", first_epochs=1, rest_epochs=1, b=6, sigma_join=join, reg=0.1, lr_sigma=1e-2
+        schedule=[0.3, 0.6, 0.9, 1.0], first_epochs=1, rest_epochs=1, b=6, sigma_join=join, reg=0.1, lr_sigma=1e-2
     )
     pw = ProbabilisticWeightFixing(model, cfg)
     snapshot: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -136,7 +136,7 @@ def test_fixed_weights_never_move_and_every_weight_ends_on_a_centre(digits, opti
 
 def test_frozen_sigma_of_fixed_weights_stays_put(digits):
     model = _mlp()
-    cfg = PWFNConfig(schedule="0.5,1", first_epochs=1, rest_epochs=1, reg=1.0)
+    cfg = PWFNConfig(schedule=[0.5, 1.0], first_epochs=1, rest_epochs=1, reg=1.0)
     pw = ProbabilisticWeightFixing(model, cfg)
     frozen = {}
 
@@ -159,14 +159,14 @@ def test_frozen_sigma_of_fixed_weights_stays_put(digits):
 
 def test_biases_are_covered_on_request_and_reported_dense_otherwise():
     model = _mlp()
-    pw = ProbabilisticWeightFixing(model, PWFNConfig(schedule="1", first_epochs=0, include_biases=True))
+    pw = ProbabilisticWeightFixing(model, PWFNConfig(schedule=[1.0], first_epochs=0, include_biases=True))
     q = pw.finalize(model)
     assert sorted(q.quantized) == sorted(f"net.{i}.{k}" for i in (0, 2, 4) for k in ("weight", "bias"))
     assert q.dense == {}
 
 
 def test_the_schedule_fixes_the_epoch_count():
-    cfg = PWFNConfig(schedule="0.5,1", first_epochs=1, rest_epochs=2)
+    cfg = PWFNConfig(schedule=[0.5, 1.0], first_epochs=1, rest_epochs=2)
     with pytest.raises(ConfigError, match=r"setting 'epochs' is 4 but the PWFN fixing schedule needs 3"):
         check_epochs(cfg, TrainConfig(epochs=4))
     pw = ProbabilisticWeightFixing(_mlp(), cfg)
@@ -181,9 +181,11 @@ def test_the_schedule_fixes_the_epoch_count():
 
 
 def test_presets_match_their_epochs():
-    assert METHODS["pwfn"].presets is PWFN_PRESETS and METHODS["pwfn"].config_class is PWFNConfig
-    for preset in PWFN_PRESETS.values():
-        check_epochs(validate(PWFNConfig(**preset["pwfn"])), TrainConfig(**preset["train"]))
+    assert CONFIGS["pwfn"] is PWFNConfig and METHODS[PWFNConfig] is ProbabilisticWeightFixing
+    assert PWFNConfig.presets is PWFN_PRESETS
+    for name in PWFN_PRESETS:
+        cfg = PWFNConfig.preset(name)
+        check_epochs(cfg, cfg.train)
     paper = PWFN_PRESETS["lenet300"]["train"]
     assert (paper["optimizer"], paper["lr"], paper["momentum"], paper["weight_decay"]) == ("sgd", 1e-3, 0.9, 1e-4)
     assert PWFNConfig().total_epochs == 28  # 1 + 9 x 3, the paper's schedule
@@ -192,11 +194,11 @@ def test_presets_match_their_epochs():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"schedule": "0.2,0.2,1"}, "setting 'schedule' must be strictly increasing: 0.2 follows 0.2"),
-        ({"schedule": "0.5,0.9"}, "setting 'schedule' must end at 1 .* it ends at 0.9"),
-        ({"schedule": "0,1"}, r"setting 'schedule': value 0 is outside \(0.0, 1.0\]"),
-        ({"schedule": "0.5,1.5"}, "setting 'schedule': value 1.5 is outside"),
-        ({"schedule": "0.5;1"}, "setting 'schedule': '0.5;1' is not a number"),
+        ({"schedule": [0.2, 0.2, 1]}, "setting 'schedule' must be strictly increasing: 0.2 follows 0.2"),
+        ({"schedule": [0.5, 0.9]}, "setting 'schedule' must end at 1 .* it ends at 0.9"),
+        ({"schedule": [0, 1]}, "setting 'schedule' must be > 0; got 0.0"),
+        ({"schedule": [0.5, 1.5]}, "setting 'schedule' must be <= 1; got 1.5"),
+        ({"schedule": "0.5,1"}, "setting 'schedule' must be a list, got '0.5,1'"),
         ({"b": 0}, "setting 'b' must be >= 1; got 0"),
         ({"inc": 1.0}, "setting 'inc' must be > 1"),
         ({"sigma_join": "mean_mu"}, "setting 'sigma_join' must be one of std_mu"),
@@ -211,7 +213,7 @@ def test_bad_settings_name_the_setting(changes, message):
 
 
 def test_resume_equals_uninterrupted(digits, resume_check):
-    cfg = PWFNConfig(schedule="0.4,0.8,1", first_epochs=1, rest_epochs=1, reg=0.1, lr_sigma=1e-2)
+    cfg = PWFNConfig(schedule=[0.4, 0.8, 1.0], first_epochs=1, rest_epochs=1, reg=0.1, lr_sigma=1e-2)
     train = TrainConfig(epochs=cfg.total_epochs, lr=1e-2, optimizer="sgd", weight_decay=1e-4)
     data = _small(digits)
     (whole, pw), (second, pw2) = resume_check(

@@ -4,17 +4,48 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 from weightshare.core.settings import setting
 from weightshare.methods.admm.quant import MAX_BITS
+from weightshare.methods.base import MethodConfig
+from weightshare.train.presets import Preset
 
 __all__ = ["AdmmConfig", "ADMM_PRESETS"]
 
 
+# The reference recipe for LeNet-5 (the README command of Yang, Gui, Zhu & Liu 2020's code, target ~1975x
+# values-only); LeNet-300-100 has no published recipe: the same optimisation at a 5 % / 3-bit budget. digits:
+# short, for demos and tests.
+_SGD = {"optimizer": "sgd", "lr_schedule": "cosine"}
+
+
+ADMM_PRESETS: dict[str, Preset] = {
+    "digits": {
+        "train": {**_SGD, "epochs": 30, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 2},
+        "admm": {"nnz_budget": 0.1, "bit_budget": 3.0, "rho": 0.05, "prox": True},
+    },
+    "lenet300": {
+        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
+        "admm": {"nnz_budget": 0.05, "bit_budget": 3.0, "rho": 0.05, "prox": True},
+    },
+    "lenet5": {
+        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
+        "admm": {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True},
+    },
+}
+
+
 @dataclasses.dataclass
-class AdmmConfig:
-    """Every knob of the ADMM method: the budget, the ADMM schedule, distillation and fine-tuning."""
+class AdmmConfig(MethodConfig):
+    """Every knob of the ADMM method: the budget, the ADMM schedule, distillation and fine-tuning.
+
+    >>> AdmmConfig.preset("lenet5").nnz_budget
+    0.0054
+    """
+
+    method = "admm"
+    description = "sparsity-quantization joint learning by ADMM (Yang, Gui, Zhu & Liu 2020)"
+    presets = ADMM_PRESETS
 
     nnz_budget: float = setting(0.5, "non-zero budget: S = bit_budget x sum_l ceil(nnz_budget x n_l) bits", gt=0, le=1)
     bit_budget: float = setting(4.0, "bit budget: average bits per non-zero allowed by S", ge=1, le=MAX_BITS)
@@ -43,24 +74,3 @@ class AdmmConfig:
                 f"setting 'dualint' ({self.dualint}) must be 0 or a multiple of 'projint' "
                 f"({self.projint}): the bit allocation uses the non-zeros of the latest sparse projection"
             )
-
-
-# The reference recipe for LeNet-5 (REFERENCES B.4: README command, target ~1975x values-only); LeNet-300-100
-# has no published recipe: the same optimisation at a 5 % / 3-bit budget. digits: short, for demos and tests.
-_SGD = {"optimizer": "sgd", "lr_schedule": "cosine"}
-
-
-ADMM_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "digits": {
-        "train": {**_SGD, "epochs": 30, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 2},
-        "admm": {"nnz_budget": 0.1, "bit_budget": 3.0, "rho": 0.05, "prox": True},
-    },
-    "lenet300": {
-        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
-        "admm": {"nnz_budget": 0.05, "bit_budget": 3.0, "rho": 0.05, "prox": True},
-    },
-    "lenet5": {
-        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
-        "admm": {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True},
-    },
-}

@@ -42,7 +42,6 @@ from weightshare.core.codebook import compact_codebook
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
-from weightshare.core.settings import validate
 from weightshare.methods.admm.config import AdmmConfig
 from weightshare.methods.admm.knapsack import prune_to_budget
 from weightshare.methods.admm.quant import (
@@ -162,7 +161,7 @@ class ADMM(Method):
     progress_keys = ("sparsity",)
 
     def __init__(self, model: nn.Module, config: AdmmConfig, n_train: int = 0) -> None:
-        self.config = c = validate(config)
+        self.config = c = config  # checked once, by settings.validate (compress calls it)
         self.covered = covered_parameters(model, pattern=c.cover_pattern)
         numels = [p.numel() for p in self.covered.values()]
         self.budget = model_size_budget(numels, c.nnz_budget, c.bit_budget)

@@ -3,28 +3,84 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from weightshare.core.kmeans import INIT_METHODS
 from weightshare.core.settings import setting
-from weightshare.methods.dc.pruning import parse_values
+from weightshare.methods.base import MethodConfig
+from weightshare.train.presets import Preset
 
 __all__ = ["DCConfig", "DC_PRESETS"]
 
 
+# The paper's per-layer settings (Han, Mao & Dally 2016, its LeNet tables): LeNet-300-100 keeps
+# 8% / 9% / 26% at 6 bits everywhere; LeNet-5 keeps 66% / 12% / 8% / 19% with 8-bit conv and 5-bit fc. Retraining
+# uses a constant learning rate below the pretraining peak and a little L2 (Han 2015b Sec. 3.1-3.2). On our
+# LeNet-300-100 checkpoint, 8 rounds x 4 epochs at Adam 5e-4 recovered better (validation error 2.14%) than 5 x 6
+# at 1e-4 (2.38%): many small rounds, as Han 2015b Fig. 5 suggests. Caffe's L2 (5e-4) with SGD at a constant 0.1
+# did better still on that checkpoint, which Adam trained without any L2 (validation 1.98%, test 1.52%; Adam 5e-4
+# with L2 1e-4: 2.14% / 1.65%; SGD 0.01: 2.56% / 1.82%; benchmarks/RESULTS.md). Each preset's train epochs equal
+# its schedule's total.
+DC_PRESETS: dict[str, Preset] = {
+    "digits": {
+        "train": {"epochs": 12, "lr": 1e-3, "weight_decay": 1e-5, "lr_schedule": "none"},
+        "dc": {
+            "kept": [0.3],
+            "prune_rounds": 3,
+            "prune_epochs": 3,
+            "quant_epochs": 3,
+            "bits_conv": 4,
+            "bits_fc": 4,
+            "lr_centroids": 1e-4,
+        },
+    },
+    "lenet300": {
+        "train": {"epochs": 40, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "lr_schedule": "none"},
+        "dc": {
+            "kept": [0.08, 0.09, 0.26],
+            "prune_rounds": 8,
+            "prune_epochs": 4,
+            "quant_epochs": 8,
+            "bits_conv": 6,
+            "bits_fc": 6,
+            "lr_centroids": 1e-5,
+        },
+    },
+    "lenet5": {
+        "train": {"epochs": 14, "lr": 5e-4, "weight_decay": 1e-5, "lr_schedule": "none"},
+        "dc": {
+            "kept": [0.66, 0.12, 0.08, 0.19],
+            "prune_rounds": 5,
+            "prune_epochs": 2,
+            "quant_epochs": 4,
+            "bits_conv": 8,
+            "bits_fc": 5,
+            "lr_centroids": 1e-5,
+        },
+    },
+}
+
+
 @dataclasses.dataclass
-class DCConfig:
-    """Every knob of Deep Compression: the pruning schedule, the bit widths, k-means and fine-tuning."""
+class DCConfig(MethodConfig):
+    """Every knob of Deep Compression: the pruning schedule, the bit widths, k-means and fine-tuning.
+
+    >>> DCConfig.preset("lenet300").kept
+    [0.08, 0.09, 0.26]
+    """
+
+    method = "dc"
+    description = "Deep Compression (Han, Mao & Dally 2016)"
+    presets = DC_PRESETS
 
     prune_by: str = setting(
         "kept", "pruning rule: per-layer kept fractions, or |w| < quality * std(W)", choices=("kept", "std")
     )
-    kept: str = setting(
-        "0.1",
-        "kept fraction per covered layer after the last round, in (0, 1]: one value "
-        "or a comma-separated list, one per layer (e.g. 0.08,0.09,0.26)",
+    kept: list[float] = setting(
+        [0.1], "kept fraction per covered layer after the last round, in (0, 1]: one value or one per layer", gt=0, le=1
     )
-    quality: str = setting("1.0", "prune_by=std: per-layer quality parameter s (one value or a list)")
+    quality: list[float] = setting(
+        [1.0], "prune_by=std: per-layer quality parameter s >= 0 (one value or one per layer)", ge=0
+    )
     prune_rounds: int = setting(3, "iterative pruning rounds (0 = quantize the dense model)", ge=0)
     prune_epochs: int = setting(2, "retraining epochs after each pruning round", ge=0)
     quant_epochs: int = setting(2, "centroid fine-tuning epochs after k-means", ge=0)
@@ -42,60 +98,3 @@ class DCConfig:
     def total_epochs(self) -> int:
         """Epochs the training loop must run: pruning rounds x retraining epochs + fine-tuning epochs."""
         return self.prune_rounds * self.prune_epochs + self.quant_epochs
-
-    def kept_values(self) -> list[float]:
-        return parse_values(self.kept, "kept", low=0.0, high=1.0)
-
-    def quality_values(self) -> list[float]:
-        return parse_values(self.quality, "quality", low=0.0, high=float("inf"), low_open=False)
-
-    def check(self) -> None:
-        self.kept_values()
-        self.quality_values()
-
-
-# The paper's per-layer settings (REFERENCES A.4): LeNet-300-100 keeps 8% / 9% / 26% at 6 bits everywhere;
-# LeNet-5 keeps 66% / 12% / 8% / 19% with 8-bit conv and 5-bit fc. Retraining uses a constant learning rate
-# below the pretraining peak and a little L2 (Han 2015b Sec. 3.1-3.2). On our LeNet-300-100 checkpoint, 8 rounds
-# x 4 epochs at Adam 5e-4 recovered better (validation error 2.14%) than 5 x 6 at 1e-4 (2.38%): many small
-# rounds, as Han 2015b Fig. 5 suggests. Caffe's L2 (5e-4) with SGD at a constant 0.1 did better still on that
-# checkpoint, which Adam trained without any L2 (validation 1.98%, test 1.52%; Adam 5e-4 with L2 1e-4: 2.14% /
-# 1.65%; SGD 0.01: 2.56% / 1.82%; benchmarks/RESULTS.md). Each preset's train epochs equal its schedule's total.
-DC_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "digits": {
-        "train": {"epochs": 12, "lr": 1e-3, "weight_decay": 1e-5, "lr_schedule": "none"},
-        "dc": {
-            "kept": "0.3",
-            "prune_rounds": 3,
-            "prune_epochs": 3,
-            "quant_epochs": 3,
-            "bits_conv": 4,
-            "bits_fc": 4,
-            "lr_centroids": 1e-4,
-        },
-    },
-    "lenet300": {
-        "train": {"epochs": 40, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "lr_schedule": "none"},
-        "dc": {
-            "kept": "0.08,0.09,0.26",
-            "prune_rounds": 8,
-            "prune_epochs": 4,
-            "quant_epochs": 8,
-            "bits_conv": 6,
-            "bits_fc": 6,
-            "lr_centroids": 1e-5,
-        },
-    },
-    "lenet5": {
-        "train": {"epochs": 14, "lr": 5e-4, "weight_decay": 1e-5, "lr_schedule": "none"},
-        "dc": {
-            "kept": "0.66,0.12,0.08,0.19",
-            "prune_rounds": 5,
-            "prune_epochs": 2,
-            "quant_epochs": 4,
-            "bits_conv": 8,
-            "bits_fc": 5,
-            "lr_centroids": 1e-5,
-        },
-    },
-}

@@ -39,7 +39,6 @@ from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import ConfigError
 from weightshare.core.kmeans import kmeans1d
 from weightshare.core.quantized import QuantizedModel
-from weightshare.core.settings import validate
 from weightshare.methods.base import Method, TrainContext, require_epochs
 from weightshare.methods.dc.config import DCConfig
 from weightshare.methods.dc.pruning import (
@@ -92,7 +91,7 @@ class DeepCompression(Method):
 
     >>> _ = torch.manual_seed(0)
     >>> net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> dc = DeepCompression(net, DCConfig(kept="0.5", prune_rounds=1, prune_epochs=0, bits_fc=2))
+    >>> dc = DeepCompression(net, DCConfig(kept=[0.5], prune_rounds=1, prune_epochs=0, bits_fc=2))
     >>> q = dc.finalize(net)
     >>> [round(row["nnz"] / row["numel"], 2) for row in q.summary()], [len(cb) for cb in q.codebooks]
     ([0.5, 0.5], [5, 4])
@@ -102,12 +101,12 @@ class DeepCompression(Method):
     progress_keys = ("sparsity",)
 
     def __init__(self, model: nn.Module, config: DCConfig, n_train: int = 0) -> None:
-        self.config = validate(config)
+        self.config = config  # checked once, by settings.validate (compress calls it)
         self.covered = covered_parameters(model, pattern=config.cover_pattern)
         names = list(self.covered)
         self.bits = {n: layer_bits(p, config) for n, p in self.covered.items()}
-        self.targets = per_layer(config.kept_values(), names, "kept") if config.prune_by == "kept" else {}
-        self.qualities = per_layer(config.quality_values(), names, "quality") if config.prune_by == "std" else {}
+        self.targets = per_layer(config.kept, names, "kept") if config.prune_by == "kept" else {}
+        self.qualities = per_layer(config.quality, names, "quality") if config.prune_by == "std" else {}
         # Han 2015b: the threshold is s * std of the layer's (pretrained) weights, fixed for all rounds.
         self.stds = {n: float(p.detach().std()) if p.numel() > 1 else 0.0 for n, p in self.covered.items()}
         self.masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in self.covered.items()}

@@ -46,7 +46,6 @@ from torch import nn
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
-from weightshare.core.settings import validate
 from weightshare.methods.base import Method, TrainContext, require_epochs
 from weightshare.methods.pwfn.config import SIGMA_JOINS, PWFNConfig
 from weightshare.methods.pwfn.pow2 import SIGMA_MAX, SIGMA_MIN, assign_centres, prior_sigma
@@ -64,12 +63,12 @@ FLAT_SIGMA = 1e-4  # the reference's sigma without --prior
 def check_epochs(config: PWFNConfig, train: TrainConfig) -> None:
     """The train epochs must equal the fixing schedule's first + (rounds - 1) x rest.
 
-    >>> check_epochs(PWFNConfig(schedule="0.5,1", first_epochs=1, rest_epochs=3), TrainConfig(epochs=5))
+    >>> check_epochs(PWFNConfig(schedule=[0.5, 1.0], first_epochs=1, rest_epochs=3), TrainConfig(epochs=5))
     Traceback (most recent call last):
     ...
     weightshare.core.errors.ConfigError: setting 'epochs' is 5 but the PWFN fixing schedule needs 4 (...)
     """
-    detail = f"first_epochs {config.first_epochs} + ({len(config.fractions())} rounds - 1) x rest_epochs"
+    detail = f"first_epochs {config.first_epochs} + ({len(config.schedule)} rounds - 1) x rest_epochs"
     require_epochs(train.epochs, config.total_epochs, "the PWFN fixing schedule", f"{detail} {config.rest_epochs}")
 
 
@@ -108,7 +107,7 @@ class ProbabilisticWeightFixing(Method):
 
     >>> _ = torch.manual_seed(0)
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> pw = ProbabilisticWeightFixing(net, PWFNConfig(schedule="0.5,1", first_epochs=0, rest_epochs=0, b=4))
+    >>> pw = ProbabilisticWeightFixing(net, PWFNConfig(schedule=[0.5, 1.0], first_epochs=0, rest_epochs=0, b=4))
     >>> pw.fixed_fraction()
     1.0
     >>> q = pw.finalize(net)
@@ -120,8 +119,8 @@ class ProbabilisticWeightFixing(Method):
     progress_keys = ("sparsity",)
 
     def __init__(self, model: nn.Module, config: PWFNConfig, n_train: int = 0) -> None:
-        self.config = validate(config)
-        self.fractions = config.fractions()
+        self.config = config  # checked once, by settings.validate (compress calls it)
+        self.fractions = list(config.schedule)
         self.covered = covered_parameters(model, include_biases=config.include_biases, pattern=config.cover_pattern)
         self.sigma = {n: nn.Parameter(self._initial_sigma(p)) for n, p in self.covered.items()}
         self.fixed = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in self.covered.items()}

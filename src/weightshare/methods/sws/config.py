@@ -3,48 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from weightshare.core.settings import setting
+from weightshare.core.settings import section, setting
+from weightshare.finish.config import FinishConfig
+from weightshare.methods.base import MethodConfig
 from weightshare.methods.sws.prior import MixtureConfig
+from weightshare.train.presets import Preset
 
 __all__ = ["SWSConfig", "SWS_PRESETS"]
 
 
-@dataclasses.dataclass
-class SWSConfig(MixtureConfig):
-    """Every knob of soft weight-sharing: the mixture (inherited) plus loss, rates and the finish."""
-
-    tau: float = setting(5e-3, "weight of the complexity loss: loss = CE + tau/N * L_C", ge=0)
-    tau_warmup_epochs: int = setting(0, "linear warm-up of tau over the first epochs", ge=0)
-    lr_w: float = setting(5e-4, "Adam learning rate of the network weights", gt=0)
-    lr_means: float = setting(1e-4, "Adam learning rate of the mixture means", ge=0)
-    lr_precisions: float = setting(3e-3, "Adam learning rate of the log-precisions", ge=0)
-    lr_mixing: float = setting(3e-3, "Adam learning rate of the mixing logits", ge=0)
-    include_biases: bool = setting(False, "put the biases under the prior too (as the tutorial does)")
-    cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
-    merge_kl: float = setting(1e-10, "merge mixture components whose KL divergence is below this", ge=0)
-    assign: str = setting(
-        "map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)", choices=("map", "ml")
-    )
-    quant_skip_last: bool = setting(False, "leave the last covered layer dense (float32)")
-    remove_dead: bool = setting(
-        True, "after quantizing, remove weights that provably never change the output (lossless; deadweights.py)"
-    )
-    codebook_epochs: int = setting(
-        0, "after quantizing: epochs that train the shared values and biases, indices fixed (not in the paper)", ge=0
-    )
-    codebook_lr: float = setting(1e-4, "Adam learning rate of that fine-tuning (constant)", gt=0)
-
-    def check(self) -> None:
-        validate_mixture = getattr(super(), "validate", None)
-        if callable(validate_mixture):
-            validate_mixture()
-
-
-# Presets (REFERENCES.md Part I): the paper's LeNet settings, WRN with 64 components, and the
-# Keras tutorial's network with its own settings (J = 16, pi0 = 0.99, tau = 0.003, 30 epochs).
-SWS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+# Presets: the paper's LeNet settings (Ullrich, Meeds & Welling 2017, Sec. 4.2), WRN with 64 components, and
+# the Keras tutorial's network with its own settings (J = 16, pi0 = 0.99, tau = 0.003, 30 epochs).
+SWS_PRESETS: dict[str, Preset] = {
     # digits has 1,257 training images (40 steps an epoch at batch 32), so the mixture gets 10x the
     # paper's learning rates to converge in ~6,000 steps instead of ~43,000, and a larger tau.
     "digits": {
@@ -61,10 +32,12 @@ SWS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # above; weights at 5e-4 gave 1.39%, at 2e-3 they leave the zero spike again (2% non-zero by epoch 24); a
     # linear tau warm-up stalls the pruning at ~2.8% non-zero (RESULTS.md). Snapping to the means costs ~0.1
     # point here, so this preset adds 3 epochs of codebook fine-tuning (not in the paper; lr and epochs picked on
-    # the validation split; codebook_epochs=0 is the paper's method): run with --val-size 0 (all 60k images).
+    # the validation split; codebook_epochs=0 is the paper's method) and retrains on all 60k images (val_size 0).
     "lenet5": {
         "train": {"epochs": 100, "lr_schedule": "cosine"},
-        "sws": {"tau": 5e-2, "lr_w": 1e-3, "codebook_epochs": 3, "codebook_lr": 1e-3},
+        "data": {"val_size": 0},
+        "sws": {"tau": 5e-2, "lr_w": 1e-3},
+        "finish": {"codebook_epochs": 3, "codebook_lr": 1e-3},
     },
     "wrn16_4": {
         "train": {"epochs": 40},
@@ -82,3 +55,38 @@ SWS_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "sws": {"num_components": 16, "pi0": 0.99, "tau": 3e-3, "init_means": "fixed", "include_biases": True},
     },
 }
+
+
+@dataclasses.dataclass
+class SWSConfig(MethodConfig, MixtureConfig):
+    """Every knob of soft weight-sharing: the mixture (inherited), loss and rates, plus train/data/finish.
+
+    The prior prunes one weight at a time and leaves weights that never change the output, so its
+    ``[finish]`` removes them by default (lossless; :mod:`weightshare.finish.deadweights`).
+
+    >>> cfg = SWSConfig.preset("lenet5")
+    >>> cfg.tau, cfg.data.val_size, cfg.finish.codebook_epochs, cfg.finish.remove_dead
+    (0.05, 0, 3, True)
+    """
+
+    method = "sws"
+    description = "soft weight-sharing (Ullrich, Meeds & Welling 2017)"
+    presets = SWS_PRESETS
+
+    tau: float = setting(5e-3, "weight of the complexity loss: loss = CE + tau/N * L_C", ge=0)
+    tau_warmup_epochs: int = setting(0, "linear warm-up of tau over the first epochs", ge=0)
+    lr_w: float = setting(5e-4, "Adam learning rate of the network weights", gt=0)
+    lr_means: float = setting(1e-4, "Adam learning rate of the mixture means", ge=0)
+    lr_precisions: float = setting(3e-3, "Adam learning rate of the log-precisions", ge=0)
+    lr_mixing: float = setting(3e-3, "Adam learning rate of the mixing logits", ge=0)
+    include_biases: bool = setting(False, "put the biases under the prior too (as the tutorial does)")
+    cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    merge_kl: float = setting(1e-10, "merge mixture components whose KL divergence is below this", ge=0)
+    assign: str = setting(
+        "map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)", choices=("map", "ml")
+    )
+    quant_skip_last: bool = setting(False, "leave the last covered layer dense (float32)")
+    finish: FinishConfig = section(FinishConfig, remove_dead=True)
+
+    def check(self) -> None:
+        MixtureConfig.validate(self)

@@ -1,0 +1,50 @@
+"""Every method's config: a registered recipe whose presets validate, with one flat name per setting."""
+
+import dataclasses
+
+import pytest
+
+from weightshare.core.errors import ConfigError
+from weightshare.core.settings import validate
+from weightshare.methods import CONFIGS, METHODS, config_class, method_class
+from weightshare.methods.base import MethodConfig
+from weightshare.train.config import TrainConfig
+
+PRESETS = [(cls, name) for cls in METHODS for name in cls.presets]
+
+
+@pytest.mark.parametrize(("cls", "name"), PRESETS, ids=[f"{c.method}-{n}" for c, n in PRESETS])
+def test_every_preset_of_every_method_validates(cls, name):
+    cfg = cls.preset(name)  # validated; dc and pwfn check their epochs against their rounds in their own tests
+    assert type(cfg) is cls and validate(cfg) == cfg
+    assert cfg.sections() == cls().updated(cls.presets[name]).sections()  # nothing but the preset changed
+
+
+def test_the_registry_comes_from_the_config_classes():
+    assert list(CONFIGS) == ["sws", "dc", "pwfn", "admm"]
+    for name, cls in CONFIGS.items():
+        assert issubclass(cls, MethodConfig) and cls.method == name and cls.description
+        assert METHODS[cls].name == name and method_class(cls()) is METHODS[cls] and config_class(name) is cls
+        assert cls.section_names() == [name, "train", "data", "finish"]
+
+
+def test_a_subclass_of_a_config_builds_its_method():
+    @dataclasses.dataclass
+    class Tweaked(CONFIGS["dc"]):
+        pass
+
+    assert method_class(Tweaked()) is METHODS[CONFIGS["dc"]]
+    with pytest.raises(ConfigError, match="not a method's config: TrainConfig"):
+        method_class(TrainConfig())
+
+
+@pytest.mark.parametrize("cls", list(METHODS), ids=lambda c: c.method)
+def test_each_name_is_used_by_one_section_of_a_recipe(cls):
+    # flags are flat (--lr, --tau, --codebook-epochs), so a name must not repeat across sections
+    names = [key for section in cls().sections().values() for key in section]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("cls", list(METHODS), ids=lambda c: c.method)
+def test_only_soft_weight_sharing_removes_dead_weights_by_default(cls):
+    assert cls().finish.remove_dead is (cls.method == "sws") and cls().finish.codebook_epochs == 0
