@@ -1,7 +1,10 @@
-"""Figures from run directories: every kind renders, skips are notes, broken files are named."""
+"""Figures from run directories: every kind renders, skips are notes, broken files are named,
+and a method's own figures reach plot_run only through its ``figures`` hook."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +16,19 @@ import torch
 from weightshare.core.errors import RunDirError
 from weightshare.core.io import save_tensors, write_json
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor, save_quantized
+from weightshare.methods.sws.method import MIXTURE_FINAL, SoftWeightSharing, mixture_epoch_record
 from weightshare.runs.rundir import RunDir
+from weightshare.runs.schema import FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED, REPORT
 
 pytest.importorskip("matplotlib")
 
+from weightshare.methods.sws.figures import SIZES as SWS_SIZES
 from weightshare.plots import run as plots
+from weightshare.plots import weights
+from weightshare.plots.artifacts import RunArtifacts
 from weightshare.plots.style import DPI, FIGSIZES
+
+PLOTS_SRC = Path(__file__).resolve().parents[2] / "src" / "weightshare" / "plots"
 
 LAYERS = {"net.0.weight": (16, 64), "net.2.weight": (10, 16)}  # the digits MLP 64-16-10
 FINAL = {
@@ -143,20 +153,20 @@ def make_digits_run(
         },
     )
     run.write_metrics(_metrics(method == "sws"))
-    save_tensors(run.file("model_init.safetensors"), init)
-    save_tensors(run.file("model_final.safetensors"), final)
-    save_quantized(_quantized(final, comps, method), run.file("quantized.safetensors"))
-    write_json(run.file("report.json"), _report(method, comps, test_error, cr))
-    if method == "sws":
+    save_tensors(run.path_of(MODEL_INIT), init)
+    save_tensors(run.path_of(MODEL_FINAL), final)
+    save_quantized(_quantized(final, comps, method), run.path_of(QUANTIZED))
+    write_json(run.path_of(REPORT), _report(method, comps, test_error, cr))
+    if method == "sws":  # under the names soft weight-sharing declares for its records
         for e in range(1, EPOCHS + 1):
-            write_json(run.file("mixture_epochs", f"epoch_{e:04d}.json"), _mixture_at(e / EPOCHS, e))
-        write_json(run.file("mixture_final.json"), _mixture_at(1.0))
+            run.write_record(mixture_epoch_record(e), _mixture_at(e / EPOCHS, e))
+        run.write_record(MIXTURE_FINAL, _mixture_at(1.0))
     if frames:
         w0 = torch.cat([init[n].reshape(-1) for n in LAYERS])
         wt = torch.cat([final[n].reshape(-1) for n in LAYERS])
         for e in range(EPOCHS + 1):
             t = e / EPOCHS
-            save_tensors(run.file("frames", f"epoch_{e:04d}.safetensors"), {"w": (1 - t) * w0 + t * wt})
+            save_tensors(run.path_of(FRAMES, f"epoch_{e:04d}.safetensors"), {"w": (1 - t) * w0 + t * wt})
     return path
 
 
@@ -174,7 +184,7 @@ def _check_png(path: Path, kind: str) -> None:
     from matplotlib.image import imread
 
     image = imread(path)
-    width, height = FIGSIZES[kind]
+    width, height = FIGSIZES[kind] if kind in FIGSIZES else SWS_SIZES[kind]
     assert image.shape[:2] == (round(height * DPI), round(width * DPI)), path
     assert image[..., :3].var() > 0.005, f"{path} looks blank"
 
@@ -274,15 +284,9 @@ def test_pareto_front_keeps_only_undominated_runs():
     assert [p.label for p in pareto_front(points)] == ["d", "b", "a"]
 
 
-def test_mixture_assigns_weights_to_the_most_responsible_component():
-    from weightshare.plots.artifacts import Mixture
-
-    mix = Mixture(np.array([0.0, -0.5, 0.5]), np.array([0.01, 0.1, 0.1]), np.array([0.8, 0.1, 0.1]))
-    assert mix.assign(np.array([0.001, -0.45, 0.6, 0.2])).tolist() == [0, 1, 2, 2]
-
-
 def test_import_weightshare_does_not_import_matplotlib():
-    code = "import sys, weightshare, weightshare.runs.rundir; sys.exit('matplotlib' in sys.modules)"
+    # weightshare.plots too: its KINDS asks every method for its figures only on first use.
+    code = "import sys, weightshare, weightshare.runs.rundir, weightshare.plots; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
@@ -296,3 +300,107 @@ def test_conv_filters_tile_with_their_input_channels_side_by_side():
     mosaic = _mosaic(tiles, columns)
     assert mosaic.shape == (6 * 4 - 1, 3 * 10 - 1)
     assert np.isnan(mosaic).sum() == mosaic.size - tiles.size
+
+
+# --- a method's own figures come through its hook ------------------------------------------------
+
+
+def _legend_texts(fig) -> list[str]:
+    """Every legend entry and title of a figure (what tells the two scatters apart)."""
+    texts = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += [legend.get_title().get_text(), *(t.get_text() for t in legend.get_texts())]
+    return texts
+
+
+def _draw(specs: dict, kind: str, run: RunArtifacts) -> list[str]:
+    from weightshare.plots.style import plt
+
+    fig = specs[kind].draw(run, 300)
+    try:
+        return _legend_texts(fig)
+    finally:
+        plt.close(fig)
+
+
+def test_deep_compression_run_lists_no_mixture_kinds_and_draws_the_generic_scatter(tmp_path):
+    run = RunArtifacts(make_digits_run(tmp_path / "dc", method="dc", frames=False))
+    specs = plots.figure_specs(run)
+    assert list(specs) == ["curves", "scatter", "layers", "filters"]
+    assert specs["scatter"] is weights.SCATTER
+    legend = _draw(specs, "scatter", run)
+    assert any(t.startswith("codebook values") for t in legend)
+    assert not any("assigned to" in t for t in legend)
+
+
+def test_sws_run_draws_its_kinds_through_the_method_hook(sws_run):
+    run = RunArtifacts(sws_run)
+    specs = plots.figure_specs(run)
+    assert list(specs) == list(plots.KINDS)
+    assert specs["scatter"] is not weights.SCATTER
+    assert any("assigned to" in t for t in _draw(specs, "scatter", run))  # coloured by mixture component
+
+
+def test_plot_run_asks_the_method_class_and_nothing_else(sws_run, monkeypatch):
+    original = SoftWeightSharing.figures
+    drawn: list[str] = []
+
+    def spy(kind, draw):
+        def wrapped(run, sample):
+            drawn.append(kind)
+            return draw(run, sample)
+
+        return wrapped
+
+    def spying(cls):
+        return {k: dataclasses.replace(s, draw=spy(k, s.draw)) for k, s in original().items()}
+
+    monkeypatch.setattr(SoftWeightSharing, "figures", classmethod(spying))
+    written = plots.plot_run(sws_run, ["mixture", "dynamics", "layers"])
+    assert drawn == ["mixture", "dynamics"] and [p.stem for p in written] == ["mixture", "dynamics", "layers"]
+    # Without the hook the same run has only the generic figures: plots/ knows no mixture of its own.
+    monkeypatch.setattr(SoftWeightSharing, "figures", classmethod(lambda cls: {}))
+    assert plots.KINDS == ("curves", "scatter", "layers", "filters")
+    with pytest.raises(ValueError, match="unknown figure kind.*'mixture'"):
+        plots.plot_run(sws_run, ["mixture"])
+    assert plots.figure_specs(RunArtifacts(sws_run))["scatter"] is weights.SCATTER
+
+
+def test_a_method_kind_follows_the_scatter_and_a_same_named_kind_replaces_the_generic_one():
+    generic = plots.generic_figures()
+    own = {"extra": dataclasses.replace(generic["layers"]), "filters": dataclasses.replace(generic["curves"])}
+    merged = plots._merged(generic, own)
+    assert list(merged) == ["curves", "scatter", "extra", "layers", "filters"]
+    assert merged["filters"] is own["filters"] and merged["layers"] is generic["layers"]
+
+
+def test_a_pretraining_run_has_no_method_and_only_the_generic_kinds(tmp_path):
+    RunDir.create(tmp_path / "pre", {"command": "pretrain", "train": {"model": "mlp"}})
+    assert plots.method_class("pretrain") is None
+    assert list(plots.figure_specs(RunArtifacts(tmp_path / "pre"))) == ["curves", "scatter", "layers", "filters"]
+
+
+def _imported_modules(tree: ast.AST) -> list[str]:
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(PLOTS_SRC.glob("*.py")), ids=lambda p: p.name)
+def test_plots_import_no_specific_method_and_name_no_method_record(path):
+    methods = PLOTS_SRC.parent / "methods"
+    specific = {f"weightshare.methods.{d.name}" for d in methods.iterdir() if (d / "__init__.py").is_file()}
+    assert "weightshare.methods.sws" in specific
+    tree = ast.parse(path.read_text())
+    for name in _imported_modules(tree):
+        assert not any(name == m or name.startswith(m + ".") for m in specific), f"{path.name} imports {name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            for record in ("mixture_final", "mixture_epochs"):
+                assert record not in node.value, f"{path.name} names the record {record!r}"

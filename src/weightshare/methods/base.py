@@ -18,6 +18,7 @@ them; a user can call the same hooks from a loop of their own::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
 from torch import nn
@@ -30,7 +31,7 @@ from weightshare.finish.config import FinishConfig
 from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
-__all__ = ["Method", "MethodConfig", "PlainTraining", "TrainContext", "require_epochs"]
+__all__ = ["FigureSpec", "Method", "MethodConfig", "PlainTraining", "TrainContext", "require_epochs"]
 
 
 def require_epochs(epochs: int, needed: int, schedule: str, detail: str) -> None:
@@ -103,6 +104,23 @@ class MethodConfig:
         return to_sections(self, own=self.method)
 
 
+@dataclasses.dataclass(frozen=True)
+class FigureSpec:
+    """One figure kind of ``weightshare plot``; ``run`` is a :class:`weightshare.plots.artifacts.RunArtifacts`.
+
+    ``why_not(run)``: why the kind does not apply to the run (None when it does).
+    ``draw(run, sample)``: the matplotlib figure (``sample`` caps the dots of a scatter).
+    ``frames(run)``: for the scatter, the style of each animation frame,
+    ``(epoch, weights) -> (RGBA per dot, levels)``; None keeps the generic one.
+    ``absent``: the note for a run whose method does not draw this kind.
+    """
+
+    why_not: Callable[[Any], str | None]
+    draw: Callable[[Any, int], Any]
+    frames: Callable[[Any], Callable[[int, Any], tuple[Any, list[Any]]]] | None = None
+    absent: str = ""
+
+
 class Method(TrainingHooks):
     """A compression method: training hooks plus ``finalize`` to the common result.
 
@@ -123,6 +141,14 @@ class Method(TrainingHooks):
 
     def records(self) -> dict[str, Any]:
         """JSON-able records for the run directory, by file name (e.g. the mixture at every epoch)."""
+        return {}
+
+    @classmethod
+    def figures(cls) -> dict[str, FigureSpec]:
+        """The method's own figure kinds; a kind named like a generic one (``scatter``) replaces it.
+
+        Import the drawing code inside the override: ``import weightshare`` never needs matplotlib.
+        """
         return {}
 
     def finalize(self, model: nn.Module) -> QuantizedModel:

@@ -12,7 +12,7 @@ from pathlib import Path
 from weightshare.core.settings import apply_overrides
 from weightshare.data.config import DataConfig
 from weightshare.data.datasets import load_data
-from weightshare.methods.sws.config import SWSConfig
+from weightshare.methods import SWSConfig
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.report.run_report import format_summary
 from weightshare.train.config import TrainConfig

@@ -1,10 +1,11 @@
-"""What the figures read from a run directory: metrics, mixtures, weights, report.
+"""What the figures read from a run directory: metrics, weights, report, a method's records.
 
 Every loader is lazy and cached, so a figure only needs the files it draws, and a
-run that lacks a file (a pretraining run has no mixture, Deep Compression no
-mixture history) is told apart from one whose file is broken: missing optional
-files give ``None``, broken ones a :class:`~weightshare.core.errors.RunDirError`
-naming the file.
+run that lacks a file (a pretraining run has no quantized model, a method may keep
+no records) is told apart from one whose file is broken: missing optional files
+give ``None``, broken ones a :class:`~weightshare.core.errors.RunDirError` naming
+the file. Files are found by their names in :mod:`weightshare.runs.schema`; a
+method's records by the names the method declares (its figures read them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import csv
 import functools
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from weightshare.core.io import load_tensors, read_json
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import CONFIG, METRICS, QUANTIZED, REPORT, Artifact
 
-__all__ = ["Mixture", "RunArtifacts", "read_metrics", "sample_indices"]
+__all__ = ["RunArtifacts", "read_metrics", "sample_indices"]
 
 # Columns that are text, not numbers; every other column of metrics.csv is parsed as a float.
 _TEXT_COLUMNS = ("phase",)
@@ -67,54 +67,6 @@ def _number(value: str | None, path: Path, column: str, line: int) -> float:
         raise RunDirError(f"{path} is corrupt: line {line}, column {column!r} holds {value!r}, not a number") from None
 
 
-@dataclass(frozen=True)
-class Mixture:
-    """One snapshot of a Gaussian mixture prior; component 0 is the zero spike."""
-
-    means: np.ndarray
-    sigmas: np.ndarray
-    pis: np.ndarray
-    epoch: int | None = None
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any], source: Path) -> Mixture:
-        try:
-            means = np.asarray(obj["means"], dtype=float)
-            pis = np.asarray(obj["pis"], dtype=float)
-            sigmas = _sigmas(obj)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RunDirError(f"{source} is not a mixture record (means, sigmas, pis): {exc}") from None
-        if not (means.shape == sigmas.shape == pis.shape) or means.ndim != 1:
-            raise RunDirError(f"{source}: means, sigmas and pis must be lists of the same length")
-        epoch = obj.get("epoch")
-        return cls(means, sigmas, pis, int(epoch) if epoch is not None else None)
-
-    @property
-    def size(self) -> int:
-        return int(self.means.size)
-
-    def assign(self, w: np.ndarray) -> np.ndarray:
-        """Most responsible component of each weight (MAP under the mixture)."""
-        sig = np.maximum(self.sigmas, 1e-12)
-        logp = np.log(np.maximum(self.pis, 1e-300)) - np.log(sig) - 0.5 * ((w[:, None] - self.means) / sig) ** 2
-        return logp.argmax(axis=1)
-
-    def density(self, x: np.ndarray) -> np.ndarray:
-        """Per-component weighted densities ``pi_k N(x | mu_k, sigma_k^2)``, shape (K, len(x))."""
-        sig = np.maximum(self.sigmas, 1e-12)[:, None]
-        z = (x[None, :] - self.means[:, None]) / sig
-        return self.pis[:, None] * np.exp(-0.5 * z**2) / (sig * math.sqrt(2 * math.pi))
-
-
-def _sigmas(obj: dict[str, Any]) -> np.ndarray:
-    # Writers have stored the spread in three equivalent ways; accept each.
-    if "sigmas" in obj:
-        return np.asarray(obj["sigmas"], dtype=float)
-    if "precisions" in obj:
-        return 1.0 / np.sqrt(np.asarray(obj["precisions"], dtype=float))
-    return np.exp(-0.5 * np.asarray(obj["log_precisions"], dtype=float))
-
-
 def sample_indices(n: int, sample: int, seed: int = 0) -> np.ndarray:
     """A seeded, sorted sample of ``min(n, sample)`` positions out of ``n``."""
     if sample >= n:
@@ -152,17 +104,15 @@ class RunArtifacts(RunDir):
     def model_name(self) -> str:
         return str((self.report or {}).get("model") or self.config.get("train", {}).get("model", "?"))
 
-    @functools.cached_property
-    def mixture_final(self) -> Mixture | None:
-        path = self.file("mixture_final.json")
-        return Mixture.from_json(read_json(path), path) if path.is_file() else None
+    def lacks(self, *artifacts: Artifact) -> str | None:
+        """Which of ``artifacts`` the run does not hold, as a note (None when it holds them all)."""
+        absent = [a.path for a in artifacts if not self.has(a)]
+        return f"the run has no {', '.join(absent)}" if absent else None
 
-    @functools.cached_property
-    def mixture_history(self) -> list[Mixture]:
-        folder = self.file("mixture_epochs")
-        files = sorted(folder.glob("epoch_*.json")) if folder.is_dir() else []
-        history = [Mixture.from_json(read_json(f), f) for f in files]
-        return sorted(history, key=lambda m: m.epoch if m.epoch is not None else 0)
+    def record(self, name: str) -> Any | None:
+        """A method record (JSON) by the name its method declared, or None when the run has none."""
+        path = self.file(name)
+        return read_json(path) if path.is_file() else None
 
     def tensors(self, artifact: Artifact) -> dict[str, Any] | None:
         """A safetensors state dict of the run (``MODEL_INIT``, ``MODEL_FINAL``), or None."""

@@ -7,18 +7,23 @@ Public API (the ``weightshare plot`` command calls these):
 * :func:`make_gif` — ``figures/scatter.gif``, the weight scatter over the retraining epochs,
   from the frames recorded with ``--make-gif`` (the frames are removed afterwards).
 
-The figure kinds (:data:`KINDS`):
+The generic figure kinds, drawn for a run of any method:
 
 =========  ================================================================  =====================
 kind       shows                                                             needs
 =========  ================================================================  =====================
 curves     loss, complexity loss, error, sparsity per epoch                  metrics.csv
-scatter    pretrained vs retrained weights, marginal histograms (paper Fig.2) quantized checkpoint
-mixture    final mixture density over the weight histogram, before/after     mixture_final.json
-dynamics   mixture means ± σ over the epochs, width ∝ mixing weight          mixture_epochs/
+scatter    pretrained vs retrained weights, marginal histograms              quantized checkpoint
+           (Ullrich et al. 2017, Figure 2), dots by codebook index
 layers     per-layer kept fraction and bits per weight                       report.json
 filters    first-layer filters / input weights as images, before and after   quantized checkpoint
 =========  ================================================================  =====================
+
+A method adds kinds of its own, or replaces a generic one, through
+:meth:`weightshare.methods.base.Method.figures` (soft weight-sharing adds ``mixture``
+and ``dynamics`` and colours the scatter by mixture component); :data:`KINDS` lists
+every kind of every registered method. The run's method is found through the
+registry from the name the run recorded; a pretraining run has none.
 
 A kind that does not apply to a run (no mixture for Deep Compression) is skipped
 with a one-line note; a missing or corrupt file that a kind needs raises
@@ -30,72 +35,107 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from weightshare.core.errors import RunDirError
 from weightshare.core.io import load_tensors
-from weightshare.plots.artifacts import Mixture, RunArtifacts
-from weightshare.runs.schema import FIGURES, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
+from weightshare.methods.base import FigureSpec, Method
+from weightshare.plots.artifacts import RunArtifacts
+from weightshare.runs.schema import FIGURES, FRAMES, REPORT
 
-__all__ = ["KINDS", "plot_run", "plot_pareto", "make_gif"]
+# KINDS is served by the module's __getattr__ (computed on first use).
+__all__ = ["KINDS", "all_figures", "figure_specs", "make_gif", "method_class", "plot_pareto", "plot_run"]  # noqa: F822
 
-KINDS = ("curves", "scatter", "mixture", "dynamics", "layers", "filters")
-
+# A method's own kinds follow the weight scatter, before the per-layer summaries.
+_METHOD_KINDS_AFTER = "scatter"
 _GIF_FPS = 4
 _GIF_HOLD = 4  # extra copies of the last frame, so the animation pauses on the result
 
 
-def _missing(run: RunArtifacts, *names: str) -> str | None:
-    absent = [n for n in names if not run.file(n).exists()]
-    return f"the run has no {', '.join(absent)}" if absent else None
+def generic_figures() -> dict[str, FigureSpec]:
+    """The kinds every run can have, in drawing order (drawers imported here: they need matplotlib)."""
+    from weightshare.plots import summary
+    from weightshare.plots.weights import SCATTER
 
+    def no_layers(run: RunArtifacts) -> str | None:
+        return None if (run.report or {}).get("layers") else f"no per-layer table in {REPORT.path}"
 
-def _why_not(run: RunArtifacts, kind: str) -> str | None:
-    """Why ``kind`` does not apply to ``run`` (None when it does)."""
-    weights = (MODEL_INIT.path, MODEL_FINAL.path, QUANTIZED.path)
-    if kind == "curves":
-        return None  # every run trains; a missing metrics.csv is an error, not a skip
-    if kind == "scatter":
-        return _missing(run, *weights)
-    if kind == "mixture":
-        if not run.file("mixture_final.json").is_file():
-            return "no mixture prior (not a soft weight-sharing run)"
-        return _missing(run, *weights[1:])
-    if kind == "dynamics":
-        return None if run.mixture_history else "no mixture records per epoch (not a soft weight-sharing run)"
-    if kind == "layers":
-        return None if (run.report or {}).get("layers") else "no per-layer table in report.json"
-    from weightshare.plots.summary import first_layer
-
-    found = first_layer(run)
-    return found if isinstance(found, str) else None
-
-
-def _drawer(kind: str, sample: int) -> Callable[[RunArtifacts], object]:
-    from weightshare.methods.sws import figures as mix
-    from weightshare.plots import summary as summary
+    def no_filters(run: RunArtifacts) -> str | None:
+        found = summary.first_layer(run)
+        return found if isinstance(found, str) else None
 
     return {
-        "curves": summary.draw_curves,
-        "scatter": lambda run: mix.draw_scatter(run, sample),
-        "mixture": mix.draw_mixture,
-        "dynamics": mix.draw_dynamics,
-        "layers": summary.draw_layers,
-        "filters": summary.draw_filters,
-    }[kind]
+        # Every run trains: a missing metrics.csv is an error, not a skip.
+        "curves": FigureSpec(lambda run: None, lambda run, sample: summary.draw_curves(run)),
+        "scatter": SCATTER,
+        "layers": FigureSpec(no_layers, lambda run, sample: summary.draw_layers(run)),
+        "filters": FigureSpec(no_filters, lambda run, sample: summary.draw_filters(run)),
+    }
+
+
+def method_class(name: str) -> type[Method] | None:
+    """The registered method class of that name; None for a run without one (pretraining)."""
+    from weightshare.methods import CONFIGS, METHODS
+
+    return METHODS[CONFIGS[name]] if name in CONFIGS else None
+
+
+def _merged(generic: dict[str, FigureSpec], own: dict[str, FigureSpec]) -> dict[str, FigureSpec]:
+    """Generic kinds with a method's: same-named kinds replaced, new ones after the scatter."""
+    merged: dict[str, FigureSpec] = {}
+    for kind, spec in generic.items():
+        merged[kind] = own.get(kind, spec)
+        if kind == _METHOD_KINDS_AFTER:
+            merged |= {k: s for k, s in own.items() if k not in generic}
+    return merged
+
+
+def figure_specs(run: RunArtifacts) -> dict[str, FigureSpec]:
+    """The kinds of this run: the generic ones merged with its method's, in drawing order."""
+    cls = method_class(run.method)
+    return _merged(generic_figures(), cls.figures() if cls is not None else {})
+
+
+def all_figures() -> dict[str, FigureSpec]:
+    """The generic kinds and every kind a registered method adds (the first method to add one gives its spec)."""
+    from weightshare.methods import METHODS
+
+    generic = generic_figures()
+    added: dict[str, FigureSpec] = {}
+    for cls in METHODS.values():
+        for kind, spec in cls.figures().items():
+            if kind not in generic:
+                added.setdefault(kind, spec)
+    return _merged(generic, added)
+
+
+def __getattr__(name: str) -> Any:
+    # KINDS is computed on first use: it asks every method for its figures, which imports matplotlib.
+    if name == "KINDS":
+        return tuple(all_figures())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_kinds(kinds: Sequence[str] | None) -> tuple[str, ...]:
+    known = tuple(all_figures())
     if isinstance(kinds, str):
         kinds = [kinds]
-    chosen = tuple(kinds) if kinds is not None else KINDS
-    unknown = [k for k in chosen if k not in KINDS]
+    chosen = tuple(kinds) if kinds is not None else known
+    unknown = [k for k in chosen if k not in known]
     if unknown:
-        raise ValueError(f"unknown figure kind(s) {', '.join(map(repr, unknown))}; choose from {', '.join(KINDS)}")
+        raise ValueError(f"unknown figure kind(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
     return chosen
+
+
+def _why_not(run: RunArtifacts, kind: str, specs: dict[str, FigureSpec]) -> str | None:
+    """Why ``kind`` does not apply to ``run`` (None when it does)."""
+    if kind in specs:
+        return specs[kind].why_not(run)
+    return all_figures()[kind].absent or f"{run.method} runs have no {kind} figure"
 
 
 def plot_run(
@@ -103,22 +143,23 @@ def plot_run(
 ) -> list[Path]:
     """Draw the figures of one run into ``run_dir/figures/``; returns the files written.
 
-    ``kinds`` defaults to every kind that applies; ``sample`` caps the dots of the scatter
+    ``kinds`` defaults to every kind of :data:`KINDS`; ``sample`` caps the dots of the scatter
     (a seeded sample). Kinds that do not apply are skipped with a printed note.
     """
     chosen = _check_kinds(kinds)
     if sample < 1:
         raise ValueError(f"sample must be a positive number of weights, got {sample}")
     run = RunArtifacts(run_dir)
+    specs = figure_specs(run)
     from weightshare.plots.style import save_figure
 
     written: list[Path] = []
     for kind in chosen:
-        reason = _why_not(run, kind)
+        reason = _why_not(run, kind, specs)
         if reason:
             print(f"{kind}: skipped ({reason})")
             continue
-        written += save_figure(_drawer(kind, sample)(run), run.path_of(FIGURES), kind, pdf)
+        written += save_figure(specs[kind].draw(run, sample), run.path_of(FIGURES), kind, pdf)
     return written
 
 
@@ -136,7 +177,7 @@ def plot_pareto(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -
         except RunDirError as exc:
             print(f"pareto: skipped {run_dir} ({exc})")
     if not points:
-        raise RunDirError("no run with a report.json among " + ", ".join(map(str, run_dirs)))
+        raise RunDirError(f"no run with a {REPORT.path} among " + ", ".join(map(str, run_dirs)))
     out = Path(out)
     path = out if out.suffix.lower() in (".png", ".pdf", ".svg") else out / "pareto.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,42 +211,20 @@ def _read_frames(run: RunArtifacts) -> tuple[list[int], list[np.ndarray]]:
     return epochs, weights
 
 
-def _mixture_at(history: list[Mixture], epoch: int) -> Mixture | None:
-    """The mixture recorded at ``epoch`` or the last one before it (epoch 0: the first record)."""
-    if not history:
-        return None
-    earlier = [m for m in history if (m.epoch or 0) <= epoch]
-    return earlier[-1] if earlier else history[0]
-
-
-def _frame_style(run: RunArtifacts, mixture: Mixture | None, w: np.ndarray) -> tuple[np.ndarray, list]:
-    """Per-dot colours and horizontal lines of one frame."""
-    from weightshare.methods.sws.figures import LevelStyle
-    from weightshare.plots.style import component_colors
-
-    if mixture is None:  # no mixture: plain dots, the final codebook values as lines
-        values = np.unique(run.covered_quantized()) if run.quantized is not None else np.array([])
-        levels = [LevelStyle(float(v), "0.4", "") for v in values]
-        return np.tile(np.array([[0.12, 0.47, 0.71, 1.0]]), (w.size, 1)), levels
-    colors = component_colors(mixture.size)
-    keep = np.flatnonzero(mixture.pis > 1e-3)
-    levels = [LevelStyle(float(mixture.means[k]), colors[k], "", float(mixture.sigmas[k])) for k in keep]
-    return colors[mixture.assign(w)], levels
-
-
 def make_gif(run_dir: str | os.PathLike) -> Path:
     """Animate the weight scatter over the retraining epochs into ``figures/scatter.gif``.
 
     Reads ``frames/epoch_XXXX.safetensors`` (epoch 0 = pretrained) and removes ``frames/``
-    once the animation is written.
+    once the animation is written. The scatter kind of the run's method styles each frame.
     """
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    from weightshare.methods.sws.figures import draw_weight_scatter
     from weightshare.plots.style import new_figure, plt, symmetric_limit
+    from weightshare.plots.weights import codebook_frames, draw_weight_scatter
 
     run = RunArtifacts(run_dir)
     epochs, weights = _read_frames(run)
+    style = (figure_specs(run)["scatter"].frames or codebook_frames)(run)
     limit = 1.1 * symmetric_limit(weights, 0.999)
     fig = new_figure("gif")
     ax = fig.subplots()
@@ -213,7 +232,7 @@ def make_gif(run_dir: str | os.PathLike) -> Path:
     def draw(i: int) -> None:
         i = min(i, len(weights) - 1)
         ax.clear()
-        colors, levels = _frame_style(run, _mixture_at(run.mixture_history, epochs[i]), weights[i])
+        colors, levels = style(epochs[i], weights[i])
         draw_weight_scatter(ax, weights[0], weights[i], colors, levels, limit, ylabel="weight at this epoch $w_t$")
         label = "pretrained" if epochs[i] == 0 else f"retraining epoch {epochs[i]} of {epochs[-1]}"
         ax.set_title(f"{run.method} on {run.model_name}: {label}\n({weights[0].size:,} sampled weights)", fontsize=10)

@@ -39,21 +39,20 @@ __all__ = [
 ]
 
 DPI = 110
-# Inches per kind; saved without bbox cropping, so a PNG is exactly FIGSIZES[kind] * DPI pixels.
+# Inches per generic kind (a method's own kinds give their size to new_figure); saved without
+# bbox cropping, so a PNG is exactly FIGSIZES[kind] * DPI pixels.
 FIGSIZES: dict[str, tuple[float, float]] = {
     "curves": (11.0, 7.0),
     "scatter": (8.0, 8.0),
-    "mixture": (9.0, 7.5),
-    "dynamics": (10.0, 7.5),
     "layers": (10.0, 5.0),
     "filters": (10.0, 6.0),
     "pareto": (8.0, 5.5),
     "gif": (6.0, 6.0),
 }
 
-# One colormap for the mixture components of every figure: component k of a K-component
-# mixture is always COMPONENT_CMAP(k / (K - 1)), so the same component has the same colour in
-# the scatter, the mixture, the dynamics and the animation. Sorted means map to a hue ramp.
+# One colormap for the shared values of every figure: component (or codebook entry) k of K is
+# always COMPONENT_CMAP(k / (K - 1)), so the same component has the same colour in every figure
+# of a run and in the animation. Sorted values map to a hue ramp.
 COMPONENT_CMAP = "turbo"
 PRETRAIN_SHADE = "0.90"
 
@@ -64,10 +63,11 @@ def component_colors(n: int) -> np.ndarray:
     return cmap(np.linspace(0.08, 0.92, max(n, 1)))[:n] if n > 1 else cmap(np.array([0.08]))
 
 
-def new_figure(kind: str, **kwargs: object) -> Figure:
-    """A figure of the kind's size with constrained layout (so titles and labels never overlap)."""
-    fig = plt.figure(figsize=FIGSIZES[kind], dpi=DPI, layout="constrained", **kwargs)
-    return fig
+def new_figure(kind: str | tuple[float, float], **kwargs: object) -> Figure:
+    """A figure of the kind's size (or of ``(width, height)`` inches) with constrained layout
+    (so titles and labels never overlap)."""
+    size = FIGSIZES[kind] if isinstance(kind, str) else kind
+    return plt.figure(figsize=size, dpi=DPI, layout="constrained", **kwargs)
 
 
 def save_figure(fig: Figure, folder: Path, name: str, pdf: bool) -> list[Path]:

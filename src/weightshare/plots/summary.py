@@ -11,7 +11,7 @@ import numpy as np
 from weightshare.core.errors import RunDirError
 from weightshare.plots.artifacts import RunArtifacts
 from weightshare.plots.style import Figure, new_figure, plain_log_axis, shade_pretrain, symmetric_limit
-from weightshare.runs.schema import MODEL_INIT
+from weightshare.runs.schema import MODEL_INIT, QUANTIZED, REPORT
 
 __all__ = ["draw_curves", "draw_layers", "draw_filters", "first_layer", "draw_pareto", "pareto_point", "ParetoPoint"]
 
@@ -136,7 +136,7 @@ def first_layer(run: RunArtifacts) -> tuple[str, np.ndarray, np.ndarray, tuple[i
     """(name, before, after, image size) of the first compressed layer, or why it cannot be shown."""
     init = run.tensors(MODEL_INIT)
     if init is None or run.quantized is None:
-        return "needs model_init.safetensors and quantized.safetensors (a compression run)"
+        return f"needs {MODEL_INIT.path} and {QUANTIZED.path} (a compression run)"
     name = next((n for n, qt in run.quantized.quantized.items() if len(qt.shape) in (2, 4)), None)
     if name is None:
         return "no compressed fully connected or convolutional layer"
@@ -218,13 +218,13 @@ def pareto_point(run: RunArtifacts) -> ParetoPoint:
     """Test error of the decoded model (%) and compression rate of one compression run's report."""
     report = run.report
     if report is None:
-        raise RunDirError(f"{run.file('report.json')} does not exist (not a finished compression run)")
+        raise RunDirError(f"{run.path_of(REPORT)} does not exist (not a finished compression run)")
     errors = report.get("errors") or {}
     stage = next((errors[s] for s in ("decoded", "retrained", "pretrained") if s in errors), {})
     error = stage.get("test_error", stage.get("val_error"))
     cr = (report.get("file") or {}).get("cr_all") or (report.get("paper_style") or {}).get("cr")
     if error is None or cr is None:
-        raise RunDirError(f"{run.file('report.json')} lacks the test error or the compression rate")
+        raise RunDirError(f"{run.path_of(REPORT)} lacks the test error or the compression rate")
     return ParetoPoint(run.path.name, run.method, float(error), float(cr))
 
 

@@ -1,18 +1,36 @@
-"""Figures of the weights and the mixture prior: scatter, mixture density, dynamics, animation frames.
+"""Soft weight-sharing's own figures: the learned mixture prior, its dynamics, the scatter by component.
 
-Colours follow one rule (:func:`~weightshare.plots.style.component_colors`):
-component k of the mixture is the same colour in every figure, and a weight
-takes the colour of the component it is assigned to. Runs without a mixture
-(Deep Compression, ADMM, ...) colour a weight by its codebook index instead.
+The method declares them with :meth:`SoftWeightSharing.figures` (a :class:`MixtureFigures`
+given the names its records are written under); nothing here names a record file.
+
+=========  ================================================================  =====================
+kind       shows                                                             needs
+=========  ================================================================  =====================
+scatter    the generic scatter, dots coloured by mixture component, lines    the final mixture
+           at the means with ±2σ bands (Ullrich et al. 2017, Figure 2)
+mixture    final mixture density over the weight histogram, before/after     the final mixture
+           quantization
+dynamics   mixture means ± σ over the epochs, width ∝ mixing weight          one record per epoch
+=========  ================================================================  =====================
+
+Colours follow one rule (:func:`~weightshare.plots.style.component_colors`): component k
+of the mixture is the same colour in every figure and in the animation, and a weight
+takes the colour of the component it is assigned to.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import functools
+import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from weightshare.plots.artifacts import Mixture, RunArtifacts, sample_indices
+from weightshare.core.errors import RunDirError
+from weightshare.methods.base import FigureSpec
+from weightshare.plots.artifacts import RunArtifacts
 from weightshare.plots.style import (
     Figure,
     component_colors,
@@ -21,23 +39,156 @@ from weightshare.plots.style import (
     plain_log_axis,
     symmetric_limit,
 )
-from weightshare.runs.schema import MODEL_FINAL, MODEL_INIT
+from weightshare.plots.weights import (
+    SCATTER,
+    Colouring,
+    FrameStyle,
+    LevelStyle,
+    codebook_colouring,
+    codebook_frames,
+    component_legend,
+    draw_scatter,
+)
+from weightshare.runs.schema import MODEL_FINAL, QUANTIZED
 
-__all__ = ["draw_scatter", "draw_mixture", "draw_dynamics", "draw_weight_scatter", "LevelStyle", "component_legend"]
+__all__ = [
+    "Mixture",
+    "MixtureFigures",
+    "component_colouring",
+    "draw_dynamics",
+    "draw_mixture",
+    "mixture_frames",
+]
 
-# Legends longer than this become a colour bar of component numbers (64-component WRN mixtures).
-_MAX_LEGEND = 12
+# Inches per kind (the generic kinds' sizes are in weightshare.plots.style.FIGSIZES).
+SIZES: dict[str, tuple[float, float]] = {"mixture": (9.0, 7.5), "dynamics": (10.0, 7.5)}
+NO_MIXTURE = "no mixture prior (not a soft weight-sharing run)"
+NO_HISTORY = "no mixture records per epoch (not a soft weight-sharing run)"
+_BAR_LABEL = "mixture component (0 = zero spike)"
+_SHOWN_PI = 1e-3  # the animation draws only components that still hold weights
 
 
-@dataclass(frozen=True)
-class LevelStyle:
-    """A shared value drawn as a horizontal line (with a ±2σ band for a mixture component)."""
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    """One snapshot of a Gaussian mixture prior; component 0 is the zero spike."""
 
-    value: float
-    color: object
-    label: str
-    sigma: float | None = None
-    component: int | None = None
+    means: np.ndarray
+    sigmas: np.ndarray
+    pis: np.ndarray
+    epoch: int | None = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], source: Path) -> Mixture:
+        try:
+            means = np.asarray(obj["means"], dtype=float)
+            pis = np.asarray(obj["pis"], dtype=float)
+            sigmas = _sigmas(obj)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunDirError(f"{source} is not a mixture record (means, sigmas, pis): {exc}") from None
+        if not (means.shape == sigmas.shape == pis.shape) or means.ndim != 1:
+            raise RunDirError(f"{source}: means, sigmas and pis must be lists of the same length")
+        epoch = obj.get("epoch")
+        return cls(means, sigmas, pis, int(epoch) if epoch is not None else None)
+
+    @property
+    def size(self) -> int:
+        return int(self.means.size)
+
+    def assign(self, w: np.ndarray) -> np.ndarray:
+        """Most responsible component of each weight (MAP under the mixture, paper Algorithm 1)."""
+        sig = np.maximum(self.sigmas, 1e-12)
+        logp = np.log(np.maximum(self.pis, 1e-300)) - np.log(sig) - 0.5 * ((w[:, None] - self.means) / sig) ** 2
+        return logp.argmax(axis=1)
+
+    def density(self, x: np.ndarray) -> np.ndarray:
+        """Per-component weighted densities ``pi_k N(x | mu_k, sigma_k^2)``, shape (K, len(x))."""
+        sig = np.maximum(self.sigmas, 1e-12)[:, None]
+        z = (x[None, :] - self.means[:, None]) / sig
+        return self.pis[:, None] * np.exp(-0.5 * z**2) / (sig * math.sqrt(2 * math.pi))
+
+
+def _sigmas(obj: dict[str, Any]) -> np.ndarray:
+    # Writers have stored the spread in three equivalent ways; accept each.
+    if "sigmas" in obj:
+        return np.asarray(obj["sigmas"], dtype=float)
+    if "precisions" in obj:
+        return 1.0 / np.sqrt(np.asarray(obj["precisions"], dtype=float))
+    return np.exp(-0.5 * np.asarray(obj["log_precisions"], dtype=float))
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureFigures:
+    """Soft weight-sharing's figure kinds, reading the mixture from the records the method names.
+
+    ``final`` and ``epochs`` are the names :meth:`SoftWeightSharing.records` writes under:
+    the mixture after retraining and a folder of one mixture per retraining epoch.
+    """
+
+    final: str
+    epochs: str
+
+    def specs(self) -> dict[str, FigureSpec]:
+        """``mixture`` and ``dynamics`` added; ``scatter`` (and its animation) coloured by component."""
+        return {
+            "scatter": dataclasses.replace(SCATTER, draw=self.scatter, frames=self.frames),
+            "mixture": FigureSpec(self.why_no_mixture, self.mixture, absent=NO_MIXTURE),
+            "dynamics": FigureSpec(self.why_no_history, self.dynamics, absent=NO_HISTORY),
+        }
+
+    # --- the records
+    def final_mixture(self, run: RunArtifacts) -> Mixture | None:
+        record = run.record(self.final)
+        return Mixture.from_json(record, run.file(self.final)) if record is not None else None
+
+    def epoch_files(self, run: RunArtifacts) -> list[Path]:
+        folder = run.file(self.epochs)
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+    def history(self, run: RunArtifacts) -> list[Mixture]:
+        """The mixture of every recorded epoch, in epoch order (a record without an epoch first)."""
+        history = [Mixture.from_json(run.record(str(f.relative_to(run.path))), f) for f in self.epoch_files(run)]
+        return sorted(history, key=lambda m: m.epoch if m.epoch is not None else 0)
+
+    # --- the FigureSpec callables (``sample`` only caps the scatter's dots)
+    def why_no_mixture(self, run: RunArtifacts) -> str | None:
+        return NO_MIXTURE if not run.file(self.final).is_file() else run.lacks(MODEL_FINAL, QUANTIZED)
+
+    def why_no_history(self, run: RunArtifacts) -> str | None:
+        return None if self.epoch_files(run) else NO_HISTORY
+
+    def scatter(self, run: RunArtifacts, sample: int) -> Figure:
+        mixture = self.final_mixture(run)
+        return draw_scatter(run, sample, lambda r: component_colouring(r, mixture))
+
+    def mixture(self, run: RunArtifacts, sample: int) -> Figure:
+        return draw_mixture(run, self.final_mixture(run))
+
+    def dynamics(self, run: RunArtifacts, sample: int) -> Figure:
+        return draw_dynamics(run, self.history(run))
+
+    def frames(self, run: RunArtifacts) -> FrameStyle:
+        return mixture_frames(run, self.history(run))
+
+
+# --- the scatter by component (paper Figure 2) ------------------------------------------------
+
+
+def component_colouring(run: RunArtifacts, mixture: Mixture | None) -> Colouring:
+    """Dots by assigned component, lines at the used components' means with ±2σ bands.
+
+    Needs the one global codebook soft weight-sharing quantizes to (paper Algorithm 1); without
+    a mixture or with several codebooks the dots keep the generic codebook colouring.
+    """
+    codebooks = [cb.numpy().astype(float) for cb in run.quantized.codebooks]
+    if mixture is None or len(codebooks) != 1:
+        return codebook_colouring(run)
+    palette = component_colors(mixture.size)
+    component = _codebook_to_component(codebooks[0], mixture)[run.covered_indices()]
+    levels = [
+        LevelStyle(float(mixture.means[k]), palette[k], _component_label(mixture, k), float(mixture.sigmas[k]), int(k))
+        for k in np.unique(component)
+    ]
+    return Colouring(palette, component, levels, functools.partial(_component_scatter_legend, palette, levels))
 
 
 def _codebook_to_component(codebook: np.ndarray, mixture: Mixture) -> np.ndarray:
@@ -47,147 +198,13 @@ def _codebook_to_component(codebook: np.ndarray, mixture: Mixture) -> np.ndarray
     return comp
 
 
-def weight_colors(run: RunArtifacts) -> tuple[np.ndarray, np.ndarray, list[LevelStyle]]:
-    """(palette, palette entry of each covered weight, shared values to draw as lines).
-
-    Indices rather than RGBA rows per weight: a WRN has millions of covered weights.
-    """
-    index = run.covered_indices()
-    codebooks = [cb.numpy().astype(float) for cb in run.quantized.codebooks]
-    mixture = run.mixture_final
-    if mixture is not None and len(codebooks) == 1:
-        colors = component_colors(mixture.size)
-        comp = _codebook_to_component(codebooks[0], mixture)[index]
-        used = np.unique(comp)
-        levels = [
-            LevelStyle(
-                float(mixture.means[k]), colors[k], _component_label(mixture, k), float(mixture.sigmas[k]), int(k)
-            )
-            for k in used
-        ]
-        return colors, comp, levels
-    # No mixture: colour by codebook index; every codebook value is a grey line (no spread to show).
-    size = max(cb.size for cb in codebooks)
-    colors = component_colors(size)
-    values = np.unique(np.concatenate(codebooks))
-    levels = [LevelStyle(float(v), "0.4", "codebook values" if i == 0 else "") for i, v in enumerate(values)]
-    return colors, index, levels
-
-
 def _component_label(mixture: Mixture, k: int) -> str:
     name = "zero spike" if k == 0 else f"component {k}"
     return f"{name}: μ={mixture.means[k]:+.3f}, π={mixture.pis[k]:.3f}"
 
 
-def component_legend(
-    fig: Figure,
-    ax: object,
-    palette: np.ndarray,
-    components: list[int],
-    labels: list[str],
-    *,
-    inside: bool = False,
-    **kwargs: object,
-) -> None:
-    """A legend of ``components`` (colours from ``palette``), or a colour bar of the whole palette
-    when there are too many; ``inside`` puts the bar within ``ax`` (an empty layout cell)."""
-    if len(components) <= _MAX_LEGEND:
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], color=palette[k], marker="o", linestyle="-", markersize=5) for k in components]
-        ax.legend(handles, labels, fontsize=7, **kwargs)
-        return
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-
-    n = len(palette)
-    mappable = ScalarMappable(BoundaryNorm(np.arange(n + 1) - 0.5, n), ListedColormap(palette))
-    if inside:
-        bar = fig.colorbar(mappable, cax=ax.inset_axes((0.15, 0.05, 0.12, 0.9)))
-    else:
-        bar = fig.colorbar(mappable, ax=ax, shrink=0.8)
-    bar.set_ticks(np.arange(0, n, max(1, -(-n // 10))))
-    bar.set_label("mixture component (0 = zero spike)", fontsize=8)
-
-
-def draw_weight_scatter(
-    ax: object,
-    w0: np.ndarray,
-    wt: np.ndarray,
-    colors: np.ndarray,
-    levels: list[LevelStyle],
-    limit: float,
-    ylabel: str = "retrained weight $w_T$",
-) -> None:
-    """w0 on x, w_T on y, one dot per weight, shared values as lines with ±2σ bands."""
-    for level in levels:
-        if level.sigma is not None:
-            ax.axhspan(
-                level.value - 2 * level.sigma,
-                level.value + 2 * level.sigma,
-                color=level.color,
-                alpha=min(0.12, 1.5 / len(levels)),  # many overlapping bands would wash the panel out
-                linewidth=0,
-                zorder=0,
-            )
-        ax.axhline(level.value, color=level.color, linewidth=0.9, alpha=0.9, zorder=1)
-    ax.plot([-limit, limit], [-limit, limit], color="0.6", linestyle=":", linewidth=1, zorder=1)
-    ax.scatter(w0, wt, c=colors, s=3, alpha=0.5, linewidths=0, rasterized=True, zorder=2)
-    ax.set_xlim(-limit, limit)
-    ax.set_ylim(-limit, limit)
-    ax.set_xlabel("pretrained weight $w_0$")
-    ax.set_ylabel(ylabel)
-
-
-def _level_limit(arrays: list[np.ndarray], levels: list[LevelStyle]) -> float:
-    """An axis half-width that holds nearly every weight and every shared value (with margin)."""
-    reach = [abs(lv.value) + 2 * (lv.sigma or 0.0) for lv in levels]
-    return 1.1 * max(symmetric_limit(arrays, 0.999), max(reach, default=0.0))
-
-
-def draw_scatter(run: RunArtifacts, sample: int) -> Figure:
-    """Pretrained vs retrained weights with marginal histograms (Ullrich et al. 2017, Figure 2)."""
-    w0 = run.covered(run.tensors(MODEL_INIT))
-    wt = run.covered(run.tensors(MODEL_FINAL))
-    palette, color_index, levels = weight_colors(run)
-    pick = sample_indices(w0.size, sample)
-    limit = _level_limit([w0, wt], levels)
-    fig = new_figure("scatter")
-    grid = fig.add_gridspec(2, 2, width_ratios=(4, 1.3), height_ratios=(1.3, 4))
-    ax = fig.add_subplot(grid[1, 0])
-    top = fig.add_subplot(grid[0, 0], sharex=ax)
-    right = fig.add_subplot(grid[1, 1], sharey=ax)
-    draw_weight_scatter(ax, w0[pick], wt[pick], palette[color_index[pick]], levels, limit)
-    bins = np.linspace(-limit, limit, 121)
-    top.hist(w0, bins=bins, color="0.45")
-    log_counts_axis(top, "y")
-    top.set_ylabel("count (log)")
-    top.tick_params(labelbottom=False)
-    right.hist(wt, bins=bins, orientation="horizontal", color="0.45")
-    log_counts_axis(right, "x")
-    right.set_xlabel("count (log)")
-    right.tick_params(labelleft=False)
-    for level in levels:
-        right.axhline(level.value, color=level.color, linewidth=0.9)
-    _scatter_legend(fig, fig.add_subplot(grid[0, 1]), palette, levels)
-    shown = f"{pick.size:,} of {w0.size:,} weights" if pick.size < w0.size else f"all {w0.size:,} weights"
-    fig.suptitle(
-        f"{run.method} on {run.model_name}: weights before vs after retraining\n({shown}; histograms over all weights)",
-        fontsize=11,
-    )
-    return fig
-
-
-def _scatter_legend(fig: Figure, ax: object, palette: np.ndarray, levels: list[LevelStyle]) -> None:
-    ax.axis("off")
+def _component_scatter_legend(palette: np.ndarray, levels: list[LevelStyle], fig: Figure, ax: Any) -> None:
     labelled = [lv for lv in levels if lv.label]
-    if levels and levels[0].sigma is None:  # codebook values: one grey entry is enough
-        from matplotlib.lines import Line2D
-
-        ax.legend(
-            [Line2D([], [], color="0.4")], ["codebook values\n(dot colour =\ncodebook index)"], fontsize=7, loc="center"
-        )
-        return
     component_legend(
         fig,
         ax,
@@ -195,15 +212,42 @@ def _scatter_legend(fig: Figure, ax: object, palette: np.ndarray, levels: list[L
         [lv.component for lv in labelled],
         [lv.label.split(", π")[0] for lv in labelled],
         inside=True,
+        bar_label=_BAR_LABEL,
         loc="center",
         title="assigned to\n(line: mean μ, band: ±2σ)",
         title_fontsize=7,
     )
 
 
-def draw_mixture(run: RunArtifacts) -> Figure:
-    """Final mixture density over the weight histogram, before and after quantization."""
-    mixture = run.mixture_final
+# --- the animation frames -----------------------------------------------------------------------
+
+
+def mixture_frames(run: RunArtifacts, history: list[Mixture]) -> FrameStyle:
+    """Each frame coloured by the mixture of its epoch, its live components as lines with ±2σ bands."""
+    if not history:
+        return codebook_frames(run)
+
+    def style(epoch: int, w: np.ndarray) -> tuple[np.ndarray, list[LevelStyle]]:
+        mixture = _mixture_at(history, epoch)
+        colors = component_colors(mixture.size)
+        keep = np.flatnonzero(mixture.pis > _SHOWN_PI)
+        levels = [LevelStyle(float(mixture.means[k]), colors[k], "", float(mixture.sigmas[k])) for k in keep]
+        return colors[mixture.assign(w)], levels
+
+    return style
+
+
+def _mixture_at(history: list[Mixture], epoch: int) -> Mixture:
+    """The mixture recorded at ``epoch`` or the last one before it (epoch 0: the first record)."""
+    earlier = [m for m in history if (m.epoch or 0) <= epoch]
+    return earlier[-1] if earlier else history[0]
+
+
+# --- the mixture and its dynamics ----------------------------------------------------------------
+
+
+def draw_mixture(run: RunArtifacts, mixture: Mixture) -> Figure:
+    """The final mixture density over the weight histogram, before and after quantization."""
     wt = run.covered(run.tensors(MODEL_FINAL))
     wq = run.covered_quantized() if run.quantized is not None else None
     colors = component_colors(mixture.size)
@@ -212,7 +256,7 @@ def draw_mixture(run: RunArtifacts) -> Figure:
         symmetric_limit([wt], 0.999), float(np.max(np.abs(mixture.means[used]) + 3 * mixture.sigmas[used]))
     )
     bins = np.linspace(-limit, limit, 201)
-    fig = new_figure("mixture")
+    fig = new_figure(SIZES["mixture"])
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.hist(wt, bins=bins, color="0.7", label="retrained weights")
     x = np.linspace(-limit, limit, 2000)
@@ -227,7 +271,8 @@ def draw_mixture(run: RunArtifacts) -> Figure:
     top.set_ylim(top=3 * max(counts.max(), dens.sum(axis=0).max()))
     top.set_ylabel("weights per bin (log)")
     top.set_title("after retraining, before quantization: weights and the learned mixture")
-    component_legend(fig, top, colors, list(used), [_component_label(mixture, k) for k in used], loc="upper right")
+    labels = [_component_label(mixture, k) for k in used]
+    component_legend(fig, top, colors, list(used), labels, bar_label=_BAR_LABEL, loc="upper right")
     components = top.get_legend()
     if components is not None:  # keep it: a second legend() call would replace it
         top.add_artist(components)
@@ -261,16 +306,15 @@ def _draw_quantized_counts(
     ax.legend(loc="upper left", fontsize=8)
 
 
-def draw_dynamics(run: RunArtifacts) -> Figure:
+def draw_dynamics(run: RunArtifacts, history: list[Mixture]) -> Figure:
     """Mixture means ± σ over the retraining epochs; line width and opacity follow the mixing weight."""
-    history = run.mixture_history
     size = max(m.size for m in history)
     epochs = np.array([m.epoch if m.epoch is not None else i + 1 for i, m in enumerate(history)], dtype=float)
     means, sigmas, pis = (
         np.array([_pad(getattr(m, key), size) for m in history]) for key in ("means", "sigmas", "pis")
     )
     colors = component_colors(size)
-    fig = new_figure("dynamics")
+    fig = new_figure(SIZES["dynamics"])
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2.2, 1))
     marker = "o" if len(epochs) <= 12 else None
     for k in range(size):
@@ -288,6 +332,7 @@ def draw_dynamics(run: RunArtifacts) -> Figure:
         colors,
         list(range(size)),
         [_component_label_short(k) for k in range(size)],
+        bar_label=_BAR_LABEL,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
     )

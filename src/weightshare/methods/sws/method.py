@@ -40,7 +40,7 @@ from torch import nn
 
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.quantized import QuantizedModel
-from weightshare.methods.base import Method, TrainContext
+from weightshare.methods.base import FigureSpec, Method, TrainContext
 from weightshare.methods.sws.config import SWSConfig
 from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
 
@@ -153,6 +153,13 @@ class SoftWeightSharing(Method):
             "pis": merged.pis.tolist(),
         }
         return out
+
+    @classmethod
+    def figures(cls) -> dict[str, FigureSpec]:
+        """The mixture and its dynamics, and the scatter coloured by mixture component (paper Figure 2)."""
+        from weightshare.methods.sws.figures import MixtureFigures  # matplotlib: only when figures are drawn
+
+        return MixtureFigures(final=MIXTURE_FINAL, epochs=MIXTURE_EPOCHS).specs()
 
     def divergence_hint(self) -> str:
         return (
