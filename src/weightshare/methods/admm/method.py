@@ -350,7 +350,9 @@ class ADMM(Method):
             else:
                 codebook = zero_codebook(p, self.bits[n], self.config.kmeans_iter)
                 index = zero_quantize(p, codebook)
-            codebook, index = compact_codebook(codebook[1:], index)  # drop the centres no weight uses
+            # Drop the centres no weight uses, in slot order (sort=False): the files stay as they were even
+            # where Lloyd steps from a given start left the centres unsorted.
+            codebook, index = compact_codebook(codebook[1:], index, sort=False)
             codebooks.append(codebook)
             assignments[n] = index
             codebook_of[n] = i

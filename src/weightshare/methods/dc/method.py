@@ -247,7 +247,8 @@ class DeepCompression(Method):
             )
         codebooks, assignments, codebook_of = [], {}, {}
         for i, n in enumerate(self.covered):
-            codebook, index = compact_codebook(self.centroids[n].detach(), self.index[n])
+            # Slot order, not value order (sort=False): trained centroids may cross, and files keep their order.
+            codebook, index = compact_codebook(self.centroids[n], self.index[n], sort=False)
             codebooks.append(codebook)
             assignments[n] = index
             codebook_of[n] = i
