@@ -5,7 +5,7 @@ Nothing here imports any other part of weightshare."""
 
 from __future__ import annotations
 
-from weightshare.core.codebook import compact_codebook, distinct_codebook, shared_codebook
+from weightshare.core.codebook import SharedWeights, TiedCodebooks, compact_codebook, distinct_codebook, shared_codebook
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import ConfigError, CoverageError, DataError, FormatError, RunDirError, TrainingDiverged
 from weightshare.core.kmeans import kmeans1d
@@ -19,6 +19,8 @@ __all__ = [
     "QuantizedModel",
     "QuantizedTensor",
     "RunDirError",
+    "SharedWeights",
+    "TiedCodebooks",
     "TrainingDiverged",
     "compact_codebook",
     "covered_parameters",
