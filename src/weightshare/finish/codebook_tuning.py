@@ -1,8 +1,9 @@
 """Fine-tune the shared values of a QuantizedModel, every assignment fixed.
 
-This is Deep Compression's *trained quantization* (Han, Mao & Dally 2016, Sec. 3.2)
-applied to any method's result: the forward pass uses ``W = C[I]``, and the gradient
-of a shared value is the sum of the gradients of the weights that use it,
+This is Deep Compression's *trained quantization* (Han, Mao & Dally 2016, Sec. 3.3)
+applied to any method's result, through the same tie as Deep Compression's centroids
+(:class:`weightshare.core.codebook.TiedCodebooks`): the forward pass uses ``W = C[I]``,
+and the gradient of a shared value is the sum of the gradients of the weights that use it,
 
     dL/dC_k = sum over {(i, j) : I_ij = k} of dL/dW_ij,
 
@@ -19,12 +20,11 @@ the ``lenet5`` preset uses 3 epochs (benchmarks/RESULTS.md shows the error with 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
+from weightshare.core.codebook import TiedCodebooks
 from weightshare.core.quantized import QuantizedModel
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
@@ -36,6 +36,7 @@ class CodebookTuning(TrainingHooks):
 
     Building it loads ``qmodel`` into ``model`` and ties every quantized weight to its codebook.
 
+    >>> import torch
     >>> net = nn.Linear(2, 1)
     >>> cb = torch.tensor([0.0, 0.5])
     >>> from weightshare.core.quantized import QuantizedTensor
@@ -59,45 +60,37 @@ class CodebookTuning(TrainingHooks):
         if missing:
             raise KeyError(f"quantized tensors that are not parameters of the model: {missing}")
         self.qmodel, self.lr = qmodel, lr
-        self.codebooks = [nn.Parameter(c.clone()) for c in qmodel.codebooks]
-        self.tied = {n: params[n] for n in qmodel.quantized}
-        self._hooks = [p.register_hook(self._grad_hook(n)) for n, p in self.tied.items()]
+        self.tied = TiedCodebooks(
+            {n: params[n] for n in qmodel.quantized},
+            {str(k): c for k, c in enumerate(qmodel.codebooks)},
+            {n: qt.indices for n, qt in qmodel.quantized.items()},
+            {n: str(qt.codebook) for n, qt in qmodel.quantized.items()},
+        )
+        self.tied.tie()
+        self.codebooks = self.tied.parameters()  # in qmodel's order: codebooks[k] is qmodel.codebooks[k]
 
     def model_lr(self) -> float:
         return self.lr
 
     def trainable(self, model: nn.Module) -> list[nn.Parameter]:
         """The dense parameters only: the tied weights move through their codebook."""
-        tied = {id(p) for p in self.tied.values()}
+        tied = {id(p) for p in self.tied.weights.values()}
         return [p for p in model.parameters() if p.requires_grad and id(p) not in tied]
 
     def parameters(self) -> list[dict[str, Any]]:
         return [{"params": self.codebooks, "lr": self.lr}]
 
-    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        qt = self.qmodel.quantized[name]
-
-        def hook(grad: torch.Tensor) -> torch.Tensor:
-            codebook = self.codebooks[qt.codebook]
-            summed = grad.new_zeros(codebook.numel()).index_add_(0, qt.indices.reshape(-1), grad.reshape(-1))
-            summed[0] = 0.0  # the exact zero stays zero: pruned weights stay pruned
-            codebook.grad = summed if codebook.grad is None else codebook.grad + summed
-            return torch.zeros_like(grad)  # W is C[I]; after_step writes it back
-
-        return hook
-
-    @torch.no_grad()
     def after_step(self, model: nn.Module, ctx: TrainContext) -> None:
-        for codebook in self.codebooks:
-            codebook[0] = 0.0
-        for name, param in self.tied.items():
-            qt = self.qmodel.quantized[name]
-            param.copy_(self.codebooks[qt.codebook][qt.indices])
+        self.tied.write()
 
     def remove_hooks(self) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
+        self.tied.remove_hooks()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tied.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tied.load_state_dict(state)
 
     def finalize(self, model: nn.Module) -> QuantizedModel:
         """The tuned codebooks with the original indices, and the model's current dense tensors."""

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightshare.core.codebook import compact_codebook
+from weightshare.core.codebook import SharedWeights, compact_codebook
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
@@ -89,56 +89,62 @@ class _FineTune:
     Weight decay therefore acts on C[I], not on the shadow as in the reference: lr·wd·(quantization error)
     per step, far below the step itself."""
 
-    KINDS = ("mask", "shadow", "codebook", "index")
-
-    def __init__(self, parts: dict[str, dict[str, torch.Tensor]]) -> None:
-        self.masks, self.shadow = parts["mask"], parts["shadow"]
-        self.codebooks, self.index = parts["codebook"], parts["index"]
+    def __init__(
+        self,
+        covered: dict[str, nn.Parameter],
+        masks: dict[str, torch.Tensor],
+        shadow: dict[str, torch.Tensor],
+        codebooks: dict[str, torch.Tensor],
+    ) -> None:
+        self.masks, self.shadow = masks, shadow
+        # Per layer its codebook [0, centres] and indices, and W = C[I] into the model: the bookkeeping of every
+        # fixed-assignment stage. The codebooks are not trained as parameters (no tie): they follow the shadow.
+        self.shared = SharedWeights(covered, codebooks)
 
     @classmethod
     def start(cls, covered: dict[str, nn.Parameter], bits: dict[str, int], max_iter: int) -> _FineTune:
         """Fix the current non-zeros and bit widths; codebooks by k-means of the non-zeros (fixed 0)."""
-        tune = cls({
-            "mask": {n: p.detach() != 0 for n, p in covered.items()},
-            "shadow": {n: p.detach().clone() for n, p in covered.items()},
-            "codebook": {n: zero_codebook(p, bits[n], max_iter) for n, p in covered.items()},
-            "index": {n: torch.zeros_like(p, dtype=torch.int64) for n, p in covered.items()},
-        })  # fmt: skip
-        tune.write(covered)
+        tune = cls(
+            covered,
+            {n: p.detach() != 0 for n, p in covered.items()},
+            {n: p.detach().clone() for n, p in covered.items()},
+            {n: zero_codebook(p, bits[n], max_iter) for n, p in covered.items()},
+        )
+        tune.write()
         return tune
 
     @classmethod
     def from_state(cls, state: dict[str, Any], covered: dict[str, nn.Parameter]) -> _FineTune:
-        parts = {
-            kind: {n: state[f"finetune.{kind}.{n}"].to(p.device) for n, p in covered.items()} for kind in cls.KINDS
-        }
-        parts["mask"] = {n: m.bool() for n, m in parts["mask"].items()}
-        parts["index"] = {n: i.long() for n, i in parts["index"].items()}
-        return cls(parts)
+        masks = {n: state[f"finetune.mask.{n}"].to(p.device).bool() for n, p in covered.items()}
+        shadow = {n: state[f"finetune.shadow.{n}"].to(p.device) for n, p in covered.items()}
+        tune = cls(covered, masks, shadow, {n: p.new_zeros(1) for n, p in covered.items()})
+        tune.shared.load_state_dict(state, prefix="finetune.")
+        return tune
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        parts = dict(zip(self.KINDS, (self.masks, self.shadow, self.codebooks, self.index), strict=True))
-        return {f"finetune.{kind}.{n}": t for kind, tensors in parts.items() for n, t in tensors.items()}
+        state = {f"finetune.mask.{n}": m for n, m in self.masks.items()}
+        state.update({f"finetune.shadow.{n}": t for n, t in self.shadow.items()})
+        return state | self.shared.state_dict(prefix="finetune.")
 
     @torch.no_grad()
-    def write(self, covered: dict[str, nn.Parameter]) -> None:
+    def write(self) -> None:
         """Quantize the shadow weights and put C[I] into the model."""
-        for n, p in covered.items():
-            self.index[n] = zero_quantize(self.shadow[n], self.codebooks[n])
-            p.copy_(self.codebooks[n][self.index[n]])
+        for n, codebook in self.shared.codebooks.items():
+            self.shared.indices[n] = zero_quantize(self.shadow[n], codebook)
+        self.shared.write()
 
     @torch.no_grad()
-    def step(self, covered: dict[str, nn.Parameter]) -> None:
+    def step(self) -> None:
         """Move the optimizer's change of C[I] onto the re-masked shadow weights."""
-        for n, p in covered.items():
-            self.shadow[n].add_(p.detach() - self.codebooks[n][self.index[n]]).masked_fill_(~self.masks[n], 0.0)
-        self.write(covered)
+        for n, p in self.shared.weights.items():
+            self.shadow[n].add_(p.detach() - self.shared.value(n)).masked_fill_(~self.masks[n], 0.0)
+        self.write()
 
-    def refresh(self, covered: dict[str, nn.Parameter], iters: int) -> None:
+    def refresh(self, iters: int) -> None:
         """A few Lloyd steps from the current centres on the shadow's non-zeros, then re-quantize."""
-        for n, codebook in self.codebooks.items():
-            self.codebooks[n] = refine_codebook(self.shadow[n], codebook, iters)
-        self.write(covered)
+        for n, codebook in self.shared.codebooks.items():
+            self.shared.set_codebook(n, refine_codebook(self.shadow[n], codebook, iters))
+        self.write()
 
 
 class ADMM(Method):
@@ -257,18 +263,18 @@ class ADMM(Method):
 
     def _finetune_step(self) -> None:
         """Straight-through step; codebook refreshes ``finetune_refresh`` times per epoch (finetune.py: 20)."""
-        self.finetune.step(self.covered)
+        self.finetune.step()
         every = max(1, round(self.steps_per_epoch / self.config.finetune_refresh)) if self.steps_per_epoch else 0
         refresh = bool(every) and self._batch % every == 0
         if refresh:
-            self.finetune.refresh(self.covered, REFRESH_ITERS)
+            self.finetune.refresh(REFRESH_ITERS)
         self._done_at_batch = (refresh, refresh)
 
     def on_epoch_end(self, model: nn.Module, ctx: TrainContext) -> None:
         # The epoch's last batch always projects (train.py: "... or batch_idx == len(train_loader) - 1").
         if self.finetune is not None:
             if not self._done_at_batch[0]:
-                self.finetune.refresh(self.covered, REFRESH_ITERS)
+                self.finetune.refresh(REFRESH_ITERS)
         else:
             if not self._done_at_batch[0]:
                 self._sparse_projection(self.budget)
@@ -349,11 +355,13 @@ class ADMM(Method):
         codebooks, assignments, codebook_of = [], {}, {}
         for i, (n, p) in enumerate(self.covered.items()):
             if self.finetune is not None:
-                codebook, index = self.finetune.codebooks[n], self.finetune.index[n]
+                codebook, index = self.finetune.shared.codebooks[n], self.finetune.shared.indices[n]
             else:
                 codebook = zero_codebook(p, self.bits[n], self.config.kmeans_iter)
                 index = zero_quantize(p, codebook)
-            codebook, index = compact_codebook(codebook[1:], index)  # drop the centres no weight uses
+            # Drop the centres no weight uses, in slot order (sort=False): the files stay as they were even
+            # where Lloyd steps from a given start left the centres unsorted.
+            codebook, index = compact_codebook(codebook[1:], index, sort=False)
             codebooks.append(codebook)
             assignments[n] = index
             codebook_of[n] = i

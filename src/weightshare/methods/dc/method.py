@@ -1,6 +1,6 @@
 """Deep Compression (Han, Mao & Dally, ICLR 2016) as a Method: prune, share, fine-tune the centroids.
 
-One ``fit()`` run walks through the paper's first two stages (REFERENCES A.2);
+One ``fit()`` run walks through the paper's first two stages (pruning, Sec. 2; trained quantization, Sec. 3);
 the third, entropy coding, is the codec's job (``model.wsz``), and the paper's
 own size estimate is :func:`weightshare.report.accounting.deep_compression_estimate`.
 
@@ -16,7 +16,8 @@ which every preset sets; :meth:`DeepCompression.check_train` checks it):
 2. **Trained quantization** (Sec. 3) at the end of epoch R·E: per layer, 1-D k-means
    (:func:`weightshare.core.kmeans.kmeans1d`, linear init by default, Sec. 3.2) on the
    non-zero weights with 2^b clusters (``bits_conv`` / ``bits_fc``, Sec. 5). For the
-   Q remaining epochs the forward pass uses C[I]: the weight's gradient hook adds
+   Q remaining epochs the weights are tied to C[I]
+   (:class:`weightshare.core.codebook.TiedCodebooks`): the weight's gradient hook adds
    dL/dW into the centroid gradient, ``dL/dC_k = sum of dL/dW over {I == k}`` (Sec.
    3.3, Fig. 3), and hands the weight a zero gradient; ``after_step`` writes
    W = C[I] back. Indices and mask stay frozen; biases keep training.
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weightshare.core.codebook import compact_codebook
+from weightshare.core.codebook import TiedCodebooks, compact_codebook
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import ConfigError
 from weightshare.core.kmeans import kmeans1d
@@ -110,13 +111,23 @@ class DeepCompression(Method):
         # Han 2015b: the threshold is s * std of the layer's (pretrained) weights, fixed for all rounds.
         self.stds = {n: float(p.detach().std()) if p.numel() > 1 else 0.0 for n, p in self.covered.items()}
         self.masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in self.covered.items()}
-        self.index = {n: torch.zeros_like(p, dtype=torch.int64) for n, p in self.covered.items()}
-        # Created up front so the one optimizer of the loop knows them; they get no gradient (so no
-        # update) until the quantization epoch fills them.
-        self.centroids = {n: nn.Parameter(p.new_zeros(2 ** self.bits[n])) for n, p in self.covered.items()}
+        # The centroids (zero implied: index 0 is a pruned weight) are created up front so the one optimizer
+        # of the loop knows them; they get no gradient (so no update) until the quantization epoch ties them.
+        centroids = {n: p.new_zeros(2 ** self.bits[n]) for n, p in self.covered.items()}
+        self.tied = TiedCodebooks(self.covered, centroids, zero_slot=False)
         self.epochs_done, self.rounds_done, self.quantized = 0, 0, False
-        self._hooks = [p.register_hook(self._grad_hook(n)) for n, p in self.covered.items()]
+        self._hooks = [p.register_hook(self._mask_hook(n)) for n, p in self.covered.items()]
         self._advance()
+
+    @property
+    def centroids(self) -> dict[str, nn.Parameter]:
+        """Per layer its 2^b centroids as one trainable parameter; the layer is ``[0, C][I]``."""
+        return self.tied.codebooks
+
+    @property
+    def index(self) -> dict[str, torch.Tensor]:
+        """Per layer the index of every weight: 0 where pruned, ``j + 1`` for centroid ``j``."""
+        return self.tied.indices
 
     # --- schedule -------------------------------------------------------------------------
     def _advance(self) -> None:
@@ -148,47 +159,35 @@ class DeepCompression(Method):
             centroids, index = quantize_layer(
                 p, self.masks[n], self.bits[n], init=c.kmeans_init, max_iter=c.kmeans_iter, seed=c.kmeans_seed
             )
-            self.centroids[n].zero_()
-            self.centroids[n][: centroids.numel()] = centroids
-            self.index[n] = index
-            p.copy_(self._shared(n))
+            self.tied.set_codebook(n, centroids)
+            self.tied.set_indices({n: index})
+        self.tied.tie()
         self.quantized = True
-
-    def _shared(self, name: str) -> torch.Tensor:
-        """The layer as C[I] (zero where pruned)."""
-        c = self.centroids[name].detach()
-        return torch.cat([c.new_zeros(1), c])[self.index[name]]
 
     def check_train(self, train: TrainConfig) -> None:
         """Refuse a training length that does not match the schedule (call before training)."""
         check_epochs(self.config, train)
 
     # --- hooks ----------------------------------------------------------------------------------------------
-    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _mask_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        # Pruned connections get no gradient (Han 2015b Sec. 3.3). Once quantized, the tie's hook runs after
+        # this one and gives the weight a zero gradient anyway; the pruned weights are index 0, no cluster.
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            if not self.quantized:  # pruned connections get no gradient (Han 2015b Sec. 3.3)
-                return torch.where(self.masks[name], grad, torch.zeros_like(grad))
-            # Sec. 3.3: dL/dC_k = sum of dL/dW_ij over the weights with I_ij = k. Slot 0 collects the
-            # pruned weights and is dropped: they are no cluster.
-            centroid = self.centroids[name]
-            k = centroid.numel()
-            summed = grad.new_zeros(k + 1).index_add_(0, self.index[name].reshape(-1), grad.reshape(-1))[1:]
-            centroid.grad = summed if centroid.grad is None else centroid.grad + summed
-            return torch.zeros_like(grad)  # W is tied to C[I]; after_step writes it back
+            return torch.where(self.masks[name], grad, torch.zeros_like(grad))
 
         return hook
 
     def parameters(self) -> list[dict[str, Any]]:
-        return [{"params": list(self.centroids.values()), "lr": self.config.lr_centroids}]
+        return [{"params": self.tied.parameters(), "lr": self.config.lr_centroids}]
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, ctx: TrainContext) -> None:
         # The optimizer may have moved masked / tied weights (momentum, weight decay): project back.
+        if self.quantized:
+            self.tied.write()
+            return
         for n, p in self.covered.items():
-            if self.quantized:
-                p.copy_(self._shared(n))
-            else:
-                p.masked_fill_(~self.masks[n], 0.0)
+            p.masked_fill_(~self.masks[n], 0.0)
 
     def on_epoch_end(self, model: nn.Module, ctx: TrainContext) -> None:
         epoch = ctx.epoch
@@ -212,6 +211,7 @@ class DeepCompression(Method):
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        self.tied.remove_hooks()
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -220,11 +220,9 @@ class DeepCompression(Method):
             "rounds_done": self.rounds_done,
             "quantized": self.quantized,
             "stds": dict(self.stds),
+            **self.tied.state_dict(),
         }
-        for n in self.covered:
-            state[f"mask.{n}"] = self.masks[n]
-            state[f"index.{n}"] = self.index[n]
-            state[f"centroids.{n}"] = self.centroids[n].detach()
+        state.update({f"mask.{n}": self.masks[n] for n in self.covered})
         return state
 
     @torch.no_grad()
@@ -233,11 +231,13 @@ class DeepCompression(Method):
         self.rounds_done = int(state["rounds_done"])
         self.quantized = bool(state["quantized"])
         self.stds = {n: float(v) for n, v in state["stds"].items()}
-        for n in self.covered:
-            device = self.covered[n].device
-            self.masks[n] = state[f"mask.{n}"].to(device=device, dtype=torch.bool)
-            self.index[n] = state[f"index.{n}"].to(device=device, dtype=torch.int64)
-            self.centroids[n].copy_(state[f"centroids.{n}"])  # in place: the optimizer holds this Parameter
+        for n, p in self.covered.items():
+            self.masks[n] = state[f"mask.{n}"].to(device=p.device, dtype=torch.bool)
+        # Checkpoints written before the centroids moved into TiedCodebooks call them "centroids.<layer>".
+        old = {f"centroids.{n}": f"codebook.{n}" for n in self.covered}
+        self.tied.load_state_dict({old.get(k, k): v for k, v in state.items()})
+        if self.quantized:
+            self.tied.tie()
 
     # --- result ---------------------------------------------------------------------------------------------------
     def finalize(self, model: nn.Module) -> QuantizedModel:
@@ -250,7 +250,8 @@ class DeepCompression(Method):
             )
         codebooks, assignments, codebook_of = [], {}, {}
         for i, n in enumerate(self.covered):
-            codebook, index = compact_codebook(self.centroids[n].detach(), self.index[n])
+            # Slot order, not value order (sort=False): trained centroids may cross, and files keep their order.
+            codebook, index = compact_codebook(self.centroids[n], self.index[n], sort=False)
             codebooks.append(codebook)
             assignments[n] = index
             codebook_of[n] = i

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightshare.core.codebook import distinct_codebook
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
@@ -351,14 +352,8 @@ class ProbabilisticWeightFixing(Method):
                 f"{self.epochs_done} epochs); set the train setting 'epochs' to {self.config.total_epochs}"
             )
         self.remove_hooks()
-        values = torch.cat([self.value[n].reshape(-1) for n in self.covered]).cpu()
-        nonzero = torch.unique(values[values != 0])
-        codebook = torch.cat([torch.zeros(1), nonzero.float()])
-        assignments = {}
+        codebook, assignments = distinct_codebook({n: self.value[n].detach().cpu() for n in self.covered})
         for n, p in self.covered.items():
-            v = self.value[n].detach().cpu()
-            index = torch.searchsorted(nonzero, v.reshape(-1)).reshape(v.shape) + 1
-            assignments[n] = torch.where(v == 0, 0, index)
             p.copy_(self.value[n])
         state = {k: v.detach() for k, v in model.state_dict().items()}
-        return QuantizedModel.from_assignments(state, assignments, [codebook])
+        return QuantizedModel.from_assignments(state, assignments, [codebook.float()])

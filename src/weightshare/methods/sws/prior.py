@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weightshare.core.codebook import shared_codebook
 from weightshare.core.coverage import covered_parameters
 from weightshare.core.quantized import QuantizedModel
 from weightshare.core.settings import setting
@@ -366,15 +367,10 @@ class MixturePrior(nn.Module):
             raise KeyError(f"tensors not in the model: {missing}")
         mix = self.merged(kl_threshold)
         comps = {n: assign_components(state[n], mix, rule) for n in names}
-        used = torch.unique(torch.cat([c.reshape(-1) for c in comps.values()]))
-        used = used[used != 0]
-        used = used[torch.argsort(mix.means[used])]
-        lut = torch.zeros(len(mix), dtype=torch.int64)
-        lut[used] = torch.arange(1, used.numel() + 1)
-        codebook = torch.cat([torch.zeros(1, dtype=torch.float64), mix.means[used]]).float()
-        assignments = {n: lut[c] for n, c in comps.items()}
+        # Component k >= 1 is the candidate mean k; component 0, the pruning spike, is the codebook's zero.
+        codebook, assignments = shared_codebook(mix.means[1:], comps)
         meta = {"method": "sws"}  # the file stores meta: keep it tiny (settings live in report.json)
-        return QuantizedModel.from_assignments(state, assignments, [codebook], meta=meta)
+        return QuantizedModel.from_assignments(state, assignments, [codebook.float()], meta=meta)
 
     # --- serialisation ---------------------------------------------------------
     @torch.no_grad()
