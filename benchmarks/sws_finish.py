@@ -22,9 +22,9 @@ import torch
 from weightshare import DataConfig, TrainConfig, build_model, load_data, load_quantized, remove_dead_weights
 from weightshare.core.io import write_json
 from weightshare.core.settings import validate
-from weightshare.pipeline.compress import tune_codebooks
-from weightshare.pipeline.pretrain import evaluate_model
+from weightshare.finish.codebook_tuning import tune_codebooks
 from weightshare.runs.rundir import RunDir
+from weightshare.train.loop import evaluate_model
 
 
 def finish(run_dir: str, lrs: list[float], epochs: int, data_dir: str | None) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from weightshare.finish.codebook_tuning import CodebookTuning
+from weightshare.finish.codebook_tuning import CodebookTuning, tune_codebooks
+from weightshare.finish.config import FinishConfig
 from weightshare.finish.deadweights import remove_dead_weights
+from weightshare.finish.stages import Finished, run_finishing
 
-__all__ = ["CodebookTuning", "remove_dead_weights"]
+__all__ = ["CodebookTuning", "FinishConfig", "Finished", "remove_dead_weights", "run_finishing", "tune_codebooks"]

@@ -14,21 +14,26 @@ file's size does not grow (only the float values in it change).
 Soft weight-sharing's paper ends at the hard assignment (Alg. 1): snapping each weight
 to its component's mean costs accuracy (0.1 point on LeNet-5, benchmarks/RESULTS.md),
 and a short fine-tuning of the few shared values and the biases wins most of it back.
-It is therefore an explicit extra step (``SWSConfig.codebook_epochs``), off by default;
-the ``lenet5`` preset uses 3 epochs (benchmarks/RESULTS.md shows the error with and without).
+It is therefore an explicit finishing stage (``[finish] codebook_epochs``), off by default
+and usable after any method; soft weight-sharing's ``lenet5`` preset uses 3 epochs
+(benchmarks/RESULTS.md shows the error with and without).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
 
 from weightshare.core.codebook import TiedCodebooks
 from weightshare.core.quantized import QuantizedModel
+from weightshare.data.datasets import DataBundle
+from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext, TrainingHooks
+from weightshare.train.loop import fit
 
-__all__ = ["CodebookTuning"]
+__all__ = ["CodebookTuning", "tune_codebooks"]
 
 
 class CodebookTuning(TrainingHooks):
@@ -99,3 +104,27 @@ class CodebookTuning(TrainingHooks):
         dense = {name: state[name].detach().clone() for name in self.qmodel.dense}
         codebooks = [c.detach().clone() for c in self.codebooks]
         return QuantizedModel(codebooks, dict(self.qmodel.quantized), dense, dict(self.qmodel.meta))
+
+
+def tune_codebooks(
+    model: nn.Module,
+    qmodel: QuantizedModel,
+    data: DataBundle,
+    train_cfg: TrainConfig,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 128,
+    progress: bool = False,
+    history: list[dict[str, Any]] | None = None,
+) -> tuple[QuantizedModel, list[dict[str, Any]]]:
+    """Fine-tune ``qmodel``'s shared values and dense tensors inside ``model``, indices fixed.
+
+    Adam at a constant ``lr`` for ``epochs`` epochs, with ``train_cfg``'s seed (the batches) and
+    evaluation settings; returns the tuned model and the metrics rows (``history`` kept in front).
+    """
+    tuning = CodebookTuning(model, qmodel, lr)
+    cfg = dataclasses.replace(train_cfg, epochs=epochs, lr_schedule="none", warmup_epochs=0, optimizer="adam")
+    result = fit(model, data, cfg, method=tuning, phase="codebook", batch_size=batch_size, progress=progress,
+                 history=history)  # fmt: skip
+    return tuning.finalize(model), result.history

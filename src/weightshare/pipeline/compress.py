@@ -19,19 +19,18 @@ from weightshare.core.quantized import QuantizedModel
 from weightshare.core.settings import validate
 from weightshare.data.config import DataConfig
 from weightshare.data.datasets import DataBundle, load_data
-from weightshare.finish.codebook_tuning import CodebookTuning
 from weightshare.finish.config import FinishConfig
-from weightshare.finish.deadweights import remove_dead_weights
+from weightshare.finish.stages import run_finishing
 from weightshare.methods import build_method, config_class, method_class
 from weightshare.methods.base import Method, MethodConfig
 from weightshare.models.architectures import build_model
-from weightshare.pipeline.pretrain import evaluate_model, load_run_model, set_threads
+from weightshare.pipeline.pretrain import load_run_model, set_threads
 from weightshare.report.run_report import build_report, write_report
 from weightshare.runs.rundir import RunDir
-from weightshare.train.config import TrainConfig
-from weightshare.train.loop import fit
+from weightshare.runs.schema import COMPRESSED, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
+from weightshare.train.loop import evaluate_model, fit
 
-__all__ = ["compress", "finish", "stored_config", "tune_codebooks"]
+__all__ = ["compress", "stored_config", "write_and_report"]
 
 
 def compress(
@@ -59,51 +58,54 @@ def compress(
         RunDir.check_new(out)
     model, source_run = load_run_model(source)
     config, data_cfg = _resolve(config, source_run.config)
-    train_cfg = config.train
-    set_threads(train_cfg.threads)
-    record = {"command": "compress", "method": config.method, "source": str(source), **config.sections()}
-    record["data"] = dataclasses.asdict(data_cfg)  # what ran, not just what this recipe changed
+    set_threads(config.train.threads)
     data = data or load_data(data_cfg)
     pretrained_state = {k: v.clone() for k, v in model.state_dict().items()}
-    pretrained = evaluate_model(model, data)
-    torch.manual_seed(train_cfg.seed)
+    errors = {"pretrained": evaluate_model(model, data)}
+    torch.manual_seed(config.train.seed)
     hooks = build_method(config, model, len(data.train))
-    hooks.check_train(train_cfg)  # e.g. a schedule of rounds that fixes the number of epochs
+    hooks.check_train(config.train)  # e.g. a schedule of rounds that fixes the number of epochs
     # Only now, with every setting checked, does the run directory come to exist.
+    record = {"command": "compress", "method": config.method, "source": str(source), **config.sections()}
+    record["data"] = dataclasses.asdict(data_cfg)  # what ran, not just what this recipe changed
     run = RunDir.open(out, write=True) if resume else RunDir.create(out, record)
     if not resume:
-        save_tensors(run.file("model_init.safetensors"), pretrained_state)
+        save_tensors(run.path_of(MODEL_INIT), pretrained_state)
     history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
     recorder = _FrameRecorder(run, hooks) if record_frames else None
-    fit(
-        model,
-        data,
-        train_cfg,
-        method=hooks,
-        run=run,
-        phase="retrain",
-        resume=resume,
-        batch_size=data_cfg.batch_size,
-        progress=progress,
-        history=history,
-        on_epoch=recorder,
+    fit(model, data, config.train, method=hooks, run=run, phase="retrain", resume=resume,
+        batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=recorder)  # fmt: skip
+    errors["retrained"] = evaluate_model(model, data)
+    return _finalize_and_finish(
+        run, model, hooks, config, data, errors, batch_size=data_cfg.batch_size, progress=progress
     )
-    _write_method_records(run, hooks)
-    save_tensors(run.file("model_final.safetensors"), model.state_dict())
-    retrained = evaluate_model(model, data)
-    qmodel, removed = _remove_dead(model, hooks.finalize(model), config.finish, data)
-    qmodel.meta.update({"method": config.method, "model": train_cfg.model})
-    errors = {"pretrained": pretrained, "retrained": retrained}
-    if config.finish.codebook_epochs:
-        errors["snapped"] = evaluate_model(qmodel.load_into(model), data)
-        # Short, so it keeps no checkpoint of its own: an interrupted run resumes from the retraining's.
-        qmodel, rows = tune_codebooks(
-            model, qmodel, data, train_cfg, epochs=config.finish.codebook_epochs, lr=config.finish.codebook_lr,
-            batch_size=data_cfg.batch_size, progress=progress, history=run.read_metrics(),
-        )  # fmt: skip
-        run.write_metrics(rows)
-    summary = {**hooks.summary(), **({"dead_weights_removed": removed} if removed else {})}
-    return finish(run, qmodel, data, errors=errors, method_summary=summary)
+
+
+def _finalize_and_finish(
+    run: RunDir,
+    model: torch.nn.Module,
+    hooks: Method,
+    config: MethodConfig,
+    data: DataBundle,
+    errors: dict[str, dict[str, float]],
+    *,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The method's records and hard assignment, then the ``[finish]`` stages, then the file and its report."""
+    for name, record in hooks.records().items():
+        run.write_record(name, record)
+    save_tensors(run.path_of(MODEL_FINAL), model.state_dict())
+    qmodel = hooks.finalize(model)
+    qmodel.meta.update({"method": config.method, "model": config.train.model})
+    finished = run_finishing(
+        model, qmodel, data, config.finish, config.train,
+        batch_size=batch_size, progress=progress, history=run.read_metrics(),
+    )  # fmt: skip
+    if finished.rows:
+        run.write_metrics(finished.rows)
+    summary = {**hooks.summary(), **finished.summary()}
+    return write_and_report(run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary)
 
 
 def _resolve(config: MethodConfig, source: dict[str, Any]) -> tuple[MethodConfig, DataConfig]:
@@ -129,16 +131,7 @@ def stored_config(stored: dict[str, Any]) -> MethodConfig:
     return validate(cls().updated(sections, f"{stored['method']} run's config.json"))
 
 
-def _remove_dead(
-    model: torch.nn.Module, qmodel: QuantizedModel, finish_cfg: FinishConfig, data: DataBundle
-) -> tuple[QuantizedModel, dict[str, int]]:
-    """``[finish] remove_dead``: drop weights that never change the output (lossless)."""
-    if not finish_cfg.remove_dead:
-        return qmodel, {}
-    return remove_dead_weights(model, qmodel, data.train.x[:1])
-
-
-def finish(
+def write_and_report(
     run: RunDir,
     qmodel: QuantizedModel,
     data: DataBundle,
@@ -150,9 +143,9 @@ def finish(
     from weightshare.codec import load_compressed, save_compressed
     from weightshare.core.quantized import save_quantized
 
-    save_quantized(qmodel, run.file("quantized.safetensors"))
-    nbytes = save_compressed(qmodel, run.file("model.wsz"))
-    decoded = load_compressed(run.file("model.wsz"))
+    save_quantized(qmodel, run.path_of(QUANTIZED))
+    nbytes = save_compressed(qmodel, run.path_of(COMPRESSED))
+    decoded = load_compressed(run.path_of(COMPRESSED))
     model_name = str(qmodel.meta["model"])
     net = decoded.load_into(build_model(model_name, data.num_classes))
     errors = {**errors, "decoded": evaluate_model(net, data)}
@@ -160,36 +153,6 @@ def finish(
     report["method_summary"] = method_summary or {}
     write_report(run, report)
     return report
-
-
-def tune_codebooks(
-    model: torch.nn.Module,
-    qmodel: QuantizedModel,
-    data: DataBundle,
-    train_cfg: TrainConfig,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int = 128,
-    progress: bool = False,
-    history: list[dict[str, Any]] | None = None,
-) -> tuple[QuantizedModel, list[dict[str, Any]]]:
-    """Fine-tune ``qmodel``'s shared values and dense tensors inside ``model``, indices fixed.
-
-    Adam at a constant ``lr`` for ``epochs`` epochs, with ``train_cfg``'s seed (the batches) and
-    evaluation settings; returns the tuned model and the metrics rows (``history`` kept in front).
-    """
-    tuning = CodebookTuning(model, qmodel, lr)
-    cfg = dataclasses.replace(train_cfg, epochs=epochs, lr_schedule="none", warmup_epochs=0, optimizer="adam")
-    result = fit(model, data, cfg, method=tuning, phase="codebook", batch_size=batch_size, progress=progress,
-                 history=history)  # fmt: skip
-    return tuning.finalize(model), result.history
-
-
-def _write_method_records(run: RunDir, method: Method) -> None:
-    """The records the method declares (e.g. soft weight-sharing's mixture at every epoch)."""
-    for name, record in method.records().items():
-        run.write_record(name, record)
 
 
 class _FrameRecorder:
@@ -201,8 +164,8 @@ class _FrameRecorder:
         flat = torch.cat([p.detach().reshape(-1) for p in self.covered.values()]) if self.covered else torch.empty(0)
         gen = torch.Generator().manual_seed(0)
         self.index = torch.randperm(flat.numel(), generator=gen)[:sample].sort().values
-        save_tensors(run.file("frames", "epoch_0000.safetensors"), {"w": flat[self.index]})
+        save_tensors(run.path_of(FRAMES, "epoch_0000.safetensors"), {"w": flat[self.index]})
 
     def __call__(self, epoch: int, model: torch.nn.Module) -> None:
         flat = torch.cat([p.detach().reshape(-1) for p in self.covered.values()])
-        save_tensors(self.run.file("frames", f"epoch_{epoch + 1:04d}.safetensors"), {"w": flat[self.index]})
+        save_tensors(self.run.path_of(FRAMES, f"epoch_{epoch + 1:04d}.safetensors"), {"w": flat[self.index]})

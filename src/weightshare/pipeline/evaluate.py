@@ -13,9 +13,10 @@ from weightshare.core.settings import validate
 from weightshare.data.config import DataConfig
 from weightshare.data.datasets import load_data
 from weightshare.models.architectures import build_model
-from weightshare.pipeline.pretrain import data_config_of, evaluate_model, load_run_model
+from weightshare.pipeline.pretrain import data_config_of, load_run_model
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import CONFIG
+from weightshare.train.loop import evaluate_model
 
 __all__ = ["evaluate_checkpoint"]
 

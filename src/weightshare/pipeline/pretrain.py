@@ -25,7 +25,7 @@ from weightshare.runs.schema import PRETRAINED, RESULT
 from weightshare.train.config import TrainConfig
 from weightshare.train.loop import evaluate, fit
 
-__all__ = ["pretrain", "load_run_model", "set_threads", "data_config_of", "evaluate_model"]
+__all__ = ["pretrain", "load_run_model", "set_threads", "data_config_of"]
 
 
 def set_threads(threads: int) -> None:
@@ -90,8 +90,3 @@ def load_run_model(source: str | os.PathLike, num_classes: int | None = None) ->
         raise RunDirError(f"{weights} does not exist: the run in {run.path} has not finished")
     model.load_state_dict(load_tensors(weights))
     return model, run
-
-
-def evaluate_model(model: nn.Module, data: DataBundle) -> dict[str, float]:
-    """Validation and test error (%) of a model."""
-    return {"val_error": evaluate(model, data.val)["error"], "test_error": evaluate(model, data.test)["error"]}

@@ -30,7 +30,7 @@ from weightshare.train.checkpoint import has_checkpoint, load_checkpoint, save_c
 from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
-__all__ = ["fit", "evaluate", "FitResult", "TrainingDiverged", "build_optimizer", "lr_factor"]
+__all__ = ["fit", "evaluate", "evaluate_model", "FitResult", "TrainingDiverged", "build_optimizer", "lr_factor"]
 
 
 @dataclass
@@ -63,6 +63,11 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
     if len(split) == 0:  # e.g. --val-size 0: no validation split, so no figure (not a 0% error)
         return {"error": math.nan, "loss": math.nan}
     return {"error": 100.0 * wrong / len(split), "loss": loss_sum / len(split)}
+
+
+def evaluate_model(model: nn.Module, data: DataBundle) -> dict[str, float]:
+    """Validation and test error (%) of a model."""
+    return {"val_error": evaluate(model, data.val)["error"], "test_error": evaluate(model, data.test)["error"]}
 
 
 def build_optimizer(model: nn.Module, method: TrainingHooks, cfg: TrainConfig) -> torch.optim.Optimizer:
