@@ -12,18 +12,39 @@ from weightshare.core.quantized import QuantizedModel, QuantizedTensor, load_qua
 from weightshare.core.version import __version__
 from weightshare.data.config import DataConfig, DataOverrides
 from weightshare.data.datasets import DataBundle, load_data
+from weightshare.finish.codebook_tuning import tune_codebooks
 from weightshare.finish.config import FinishConfig
 from weightshare.finish.deadweights import remove_dead_weights
-from weightshare.methods import AdmmConfig, DCConfig, Method, MethodConfig, PWFNConfig, SoftWeightSharing, SWSConfig
+from weightshare.finish.stages import run_finishing
+from weightshare.methods import (
+    ADMM,
+    AdmmConfig,
+    DCConfig,
+    DeepCompression,
+    Method,
+    MethodConfig,
+    ProbabilisticWeightFixing,
+    PWFNConfig,
+    SoftWeightSharing,
+    SWSConfig,
+)
 from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
 from weightshare.models.architectures import build_model, count_parameters
 from weightshare.pipeline.compress import compress
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.report.accounting import paper_style, values_only, weight_entropy_bits
 from weightshare.train.config import TrainConfig
-from weightshare.train.loop import evaluate, fit
+from weightshare.train.hooks import TrainContext
+from weightshare.train.loop import evaluate, evaluate_model, fit
 
 __all__ = [
+    "ADMM",
+    "DeepCompression",
+    "ProbabilisticWeightFixing",
+    "TrainContext",
+    "evaluate_model",
+    "run_finishing",
+    "tune_codebooks",
     "__version__",
     "AdmmConfig",
     "ConfigError",

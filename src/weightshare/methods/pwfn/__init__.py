@@ -1,0 +1,1 @@
+"""Probabilistic weight fixing (Subia-Waud & Dasmahapatra, NeurIPS 2023): config, power-of-two centres."""

@@ -1,0 +1,1 @@
+"""Soft weight-sharing (Ullrich, Meeds & Welling, ICLR 2017): config, the mixture prior, its kernels, its figures."""
