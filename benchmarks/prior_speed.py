@@ -2,7 +2,7 @@
 
 Speed: for LeNet-300-100 and LeNet-5-Caffe at batch 128 on random MNIST-shaped input, the time
 of one SWS training step (forward, CE + tau/N * complexity_loss, backward, Adam step over the
-four parameter groups of REFERENCES.md Part I 0.3 item 6) divided by the time of a plain step
+four parameter groups of docs/methods.md#sws-optimizer) divided by the time of a plain step
 (forward, CE, backward, Adam), for each complexity kernel: "grid" (tabulated, the default),
 "fast" (exact, chunked) and "naive" (autograd logsumexp). Plain and SWS steps are interleaved
 (plain between every two SWS steps, the order rotating), so machine noise hits all alike; the

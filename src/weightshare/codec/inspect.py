@@ -151,7 +151,7 @@ def _report(h: Header, file_bytes: int, rows: list[TensorRow]) -> InspectReport:
 
 
 def file_rates(report: InspectReport) -> dict[str, float]:
-    """Compression rates from the file's bytes (REFERENCES.md D.3).
+    """Compression rates from the file's bytes (docs/methods.md#accounting-file).
 
     ``cr_all`` = 32 * #params / (8 * file bytes). ``cr_weights`` counts only the quantized tensors:
     their streams and tables, all codebooks, their own header entries, and a share of the common

@@ -1,8 +1,8 @@
 """1-D k-means (Lloyd) in torch, for Deep Compression and the ADMM method.
 
 Deep Compression (Han et al. 2016, Sec. 3) shares weights per layer by running
-k-means on the layer's non-zero weights; the ADMM method (Yang et al. 2020,
-REFERENCES B.2) projects onto "2^b free centres plus a fixed 0". Both only need
+k-means on the layer's non-zero weights; the ADMM method (Yang et al. 2020;
+docs/methods.md#admm-quantization-projection) projects onto "2^b free centres plus a fixed 0". Both only need
 one dimension, which allows an N x K-free Lloyd:
 
 * **Assignment** (:func:`assign_nearest`): the centroids are sorted and every
@@ -195,7 +195,7 @@ def _update(
     sums = data.prefix[edges[1:]] - data.prefix[edges[:-1]]
     new = centroids.clone()
     movable = counts > 0
-    movable &= order >= n_fixed  # the fixed zero (ADMM's projection, REFERENCES B.2) never moves
+    movable &= order >= n_fixed  # the fixed zero (docs/methods.md#admm-quantization-projection) never moves
     new[order[movable]] = data.mean + sums[movable] / counts[movable]
     return new
 

@@ -2,7 +2,7 @@
 
 Every compression method ends in a :class:`QuantizedModel`; the codec, the
 accounting, the report and the plots start from it and never need to know which
-method produced it (DESIGN.md, "The common result").
+method produced it (docs/methods.md#pipeline-quantizedmodel).
 
 Layout:
 

@@ -1,8 +1,8 @@
 """The Method protocol: how a compression method plugs into the one training loop.
 
-A method is a small object with hooks, built from its config (a
-:class:`MethodConfig`). The training loop in :mod:`weightshare.train.loop` calls
-them; a user can call the same hooks from a loop of their own::
+A method is a small object with hooks (docs/methods.md#pipeline-method-contract),
+built from its config (a :class:`MethodConfig`). The training loop in
+:mod:`weightshare.train.loop` calls them; a user can call the same hooks from a loop of their own::
 
     method = SoftWeightSharing(model, config)
     opt = torch.optim.Adam([{"params": model.parameters(), "lr": 5e-4}, *method.parameters()])

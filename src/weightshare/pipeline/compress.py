@@ -149,7 +149,7 @@ def write_and_report(
     model_name = str(qmodel.meta["model"])
     net = decoded.load_into(build_model(model_name, data.num_classes))
     errors = {**errors, "decoded": evaluate_model(net, data)}
-    report = build_report(run, qmodel, decoded, nbytes=nbytes, errors=errors)
+    report = build_report(run, errors=errors, written_bytes=nbytes)
     report["method_summary"] = method_summary or {}
     write_report(run, report)
     return report

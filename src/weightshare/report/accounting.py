@@ -2,15 +2,16 @@
 
 Everything here is an *estimate in the papers' own terms*, labelled "paper-style"
 wherever it is reported; the project's primary figure is the size of the real
-``.wsz`` file (DESIGN.md). Three accountings (REFERENCES Part D):
+``.wsz`` file (docs/methods.md#accounting-file). Three accountings (docs/methods.md#accounting):
 
 * :func:`paper_style` -- Han et al. (Deep Compression, ICLR 2016, Sec. 2 and 4) as the soft
-  weight-sharing paper uses it (Ullrich et al. 2017, Table 1 caption; REFERENCES I §0.3 item 12).
+  weight-sharing paper uses it (Ullrich et al. 2017, Table 1 caption; docs/methods.md#accounting-paper-style).
   :func:`deep_compression_estimate` is its preset with Han's own parameters.
-* :func:`values_only` -- Yang et al. (CVPR 2020): only the non-zero values count (REFERENCES B.5).
-* :func:`weight_entropy_bits` -- PWFN's entropy of the value histogram (REFERENCES C).
+* :func:`values_only` -- Yang et al. (CVPR 2020): only the non-zero values count (docs/methods.md#admm-accounting).
+* :func:`weight_entropy_bits` -- PWFN's entropy of the value histogram (docs/methods.md#pwfn-accounting).
 
-Conventions of :func:`paper_style` (each one is a choice REFERENCES I §0.3 item 12 asks to fix):
+Conventions of :func:`paper_style` (each one fixes a choice the papers leave open;
+docs/methods.md#accounting-paper-style):
 
 * **Layout.** CSR per quantized tensor. Conv weights (ndim >= 3) are viewed as out x (in*kh*kw);
   2-D tensors are fc; 1-D tensors (biases under the prior) and scalars are one row with the fc field.
@@ -34,7 +35,9 @@ Conventions of :func:`paper_style` (each one is a choice REFERENCES I §0.3 item
   ATDL2); ``True`` puts every codebook at model level.
 * **Dense tensors** (biases, norms, a skipped layer) cost ``dense_bits`` per value. The "weights"
   scope holds the quantized tensors, the codebooks, and dense tensors with ndim >= 2 (skipped
-  layers); the "all" scope adds everything. CR = 32 x (values in scope) / (bits in scope).
+  layers): weights only. The "all" scope adds everything else, chiefly the biases: weights + biases,
+  the |W| of Ullrich et al. 2017 Table 1 and Han et al. 2016's baseline. CR = 32 x (values in scope)
+  / (bits in scope); both scopes are reported, labelled.
 """
 
 from __future__ import annotations
@@ -299,10 +302,12 @@ class PaperStyleReport:
 
     @property
     def cr_weights(self) -> float:
+        """Huffman-coded rate of the weights only (quantized tensors, codebooks, dense weight matrices)."""
         return self.cr("huffman", "weights")
 
     @property
     def cr_all(self) -> float:
+        """Huffman-coded rate of weights + biases (every value, as the papers' |W|)."""
         return self.cr("huffman", "all")
 
     def to_dict(self) -> dict[str, object]:
@@ -389,7 +394,7 @@ def deep_compression_estimate(
     """Han et al.'s own accounting: :func:`paper_style` with a per-layer codebook and 5-bit indices.
 
     Han's text says 8-bit conv / 5-bit fc fields, but the LeNet and VGG tables use 5 bits everywhere
-    (AlexNet 4), so 5 is the default for both (REFERENCES A.1)."""
+    (AlexNet 4), so 5 is the default for both (docs/methods.md#dc-accounting)."""
     return paper_style(
         qmodel,
         index_bits_fc=index_bits_fc,
@@ -413,7 +418,8 @@ def values_only(qmodel: QuantizedModel) -> float:
     """Yang et al. (CVPR 2020) values-only CR: 32 x sum(n_l) / sum(log2(#distinct non-zero values_l) x nnz_l).
 
     Positions, codebooks and dense tensors are free, so this is **not comparable** with
-    :func:`paper_style` or the file size (REFERENCES D.1). Values are rounded to 1e-6 as in Yang's code.
+    :func:`paper_style` or the file size (docs/methods.md#accounting-by-paper). Values are rounded to 1e-6
+    as in Yang's code.
 
     >>> from weightshare.core.quantized import QuantizedTensor
     >>> q = QuantizedModel([torch.tensor([0.0, 1.0, 2.0])], {"w": QuantizedTensor(torch.tensor([0, 1, 2, 0]))})

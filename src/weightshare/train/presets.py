@@ -27,7 +27,7 @@ PRETRAIN_PRESETS: dict[str, Preset] = {
         "data": {"dataset": "mnist"},
         "train": {"model": "lenet5", "epochs": 15, "lr": 1e-3, "lr_schedule": "cosine"},
     },
-    # The Keras tutorial's own pretraining (REFERENCES 2.1): 100 epochs of constant Adam 1e-3 at batch
+    # The Keras tutorial's own pretraining (docs/methods.md#sws-tutorial): 100 epochs of constant Adam 1e-3 at batch
     # 256. Its soft weight-sharing reproduction needs this checkpoint: from a 20-epoch cosine one
     # (0.95% test error) the decoded error was 1.09%, from this one (0.80%) 0.91% (RESULTS.md).
     "tutorialnet": {

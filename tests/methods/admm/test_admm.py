@@ -269,7 +269,7 @@ def test_presets_are_valid_and_lenet5_is_the_reference_recipe():
         "warmup_epochs": 10,
         "epochs": 120,
     }
-    numels = [500, 25000, 400000, 5000]  # LeNet-5-Caffe: 1975x values-only target (Yang et al. 2020's code)
+    numels = [500, 25000, 400000, 5000]  # LeNet-5-Caffe: 1975x values-only target (docs/methods.md#admm-presets)
     assert 32 * sum(numels) / model_size_budget(numels, 0.0054, 3) == pytest.approx(1975, rel=0.01)
 
 

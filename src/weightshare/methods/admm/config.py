@@ -14,8 +14,8 @@ __all__ = ["AdmmConfig", "ADMM_PRESETS"]
 
 
 # The reference recipe for LeNet-5 (the README command of Yang, Gui, Zhu & Liu 2020's code, target ~1975x
-# values-only); LeNet-300-100 has no published recipe: the same optimisation at a 5 % / 3-bit budget. digits:
-# short, for demos and tests.
+# values-only; docs/methods.md#admm-presets); LeNet-300-100 has no published recipe: the same optimisation
+# at a 5 % / 3-bit budget. digits: short, for demos and tests.
 _SGD = {"optimizer": "sgd", "lr_schedule": "cosine"}
 
 

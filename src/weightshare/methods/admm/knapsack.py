@@ -1,7 +1,7 @@
 """The two greedy knapsack solvers behind the ADMM method's projections (Yang, Gui, Zhu & Liu, CVPR 2020).
 
 Yang et al. cast both projections of their ADMM splitting as knapsack problems and solve them greedily
-(REFERENCES.md B.1-B.2; the authors' ``util.py``: ``quantized_sparsify`` and ``mckp_greedy``):
+(docs/methods.md#admm-knapsacks; the authors' ``util.py``: ``quantized_sparsify`` and ``mckp_greedy``):
 
 * **Sparse projection = 0-1 knapsack** (:func:`greedy_keep`, :func:`prune_to_budget`). An item is one
   weight with value w² and cost b_l, the bit width of its layer; the capacity is the model-size budget

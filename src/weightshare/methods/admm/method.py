@@ -4,7 +4,7 @@ The covered weights W (all conv / linear weights) must satisfy, at the end, a mo
 ``sum_l b_l * nnz_l <= S`` with ``S = bit_budget * sum_l ceil(nnz_budget * n_l)`` bits, where each
 layer's non-zeros take at most 2^b_l distinct values and b_l is in {bwlb..8}; per-layer sparsity and
 bit widths are learned. ADMM splits W (trained, sparse) from V (its quantized duplicate) with the
-scaled dual U (REFERENCES.md B.2, as the authors' ``train.py`` runs it):
+scaled dual U (docs/methods.md#admm-algorithm, as the authors' ``train.py`` runs it):
 
 * **start** (pretrained model): one sparse projection, one quantization projection + dual update;
 * **sparse projection** every ``projint`` batches (0 = at the last batch of each epoch): keep the
@@ -24,8 +24,8 @@ scaled dual U (REFERENCES.md B.2, as the authors' ``train.py`` runs it):
 
 :meth:`ADMM.finalize` gives one codebook per layer (entry 0 = 0.0) with at most 2^b_l non-zero values.
 The paper counts only those values (``values_only_cr`` in report.json); the file-based rate counts the
-positions too, which dominate at 0.5 % density (REFERENCES D.2). The loop's per-epoch ``val_error`` is that
-of W (sparse, not yet quantized); the reference evaluates a re-quantized copy instead.
+positions too, which dominate at 0.5 % density (docs/methods.md#accounting-why). The loop's per-epoch
+``val_error`` is that of W (sparse, not yet quantized); the reference evaluates a re-quantized copy instead.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Yang et al.'s quantization projection: per-layer codebooks of 2^b free levels plus a fixed 0, and the bits.
 
 The ADMM method (:mod:`weightshare.methods.admm.method`, Yang, Gui, Zhu & Liu, CVPR 2020) projects X = W + U onto
-"each layer's non-zeros take at most 2^b_l values" under the model-size budget (REFERENCES.md B.2, the
-authors' ``util.py``: ``zerok_means1D``, ``km_quantize_tensor``, ``sparse_quantize``):
+"each layer's non-zeros take at most 2^b_l values" under the model-size budget
+(docs/methods.md#admm-quantization-projection; the authors' ``util.py``: ``zerok_means1D``,
+``km_quantize_tensor``, ``sparse_quantize``):
 
 * the codebook for b bits is 1-D k-means of the layer's non-zeros with 2^b free centres plus a centre fixed
   at 0, linearly initialised over the non-zeros' range (:func:`weightshare.core.kmeans.kmeans1d`, ``fixed_zero``);

@@ -12,14 +12,14 @@ from weightshare.train.presets import Preset
 __all__ = ["DCConfig", "DC_PRESETS"]
 
 
-# The paper's per-layer settings (Han, Mao & Dally 2016, its LeNet tables): LeNet-300-100 keeps
-# 8% / 9% / 26% at 6 bits everywhere; LeNet-5 keeps 66% / 12% / 8% / 19% with 8-bit conv and 5-bit fc. Retraining
-# uses a constant learning rate below the pretraining peak and a little L2 (Han 2015b Sec. 3.1-3.2). On our
-# LeNet-300-100 checkpoint, 8 rounds x 4 epochs at Adam 5e-4 recovered better (validation error 2.14%) than 5 x 6
-# at 1e-4 (2.38%): many small rounds, as Han 2015b Fig. 5 suggests. Caffe's L2 (5e-4) with SGD at a constant 0.1
-# did better still on that checkpoint, which Adam trained without any L2 (validation 1.98%, test 1.52%; Adam 5e-4
-# with L2 1e-4: 2.14% / 1.65%; SGD 0.01: 2.56% / 1.82%; benchmarks/RESULTS.md). Each preset's train epochs equal
-# its schedule's total.
+# The paper's per-layer settings (Han, Mao & Dally 2016, its LeNet tables; docs/methods.md#dc-presets): LeNet-300-100
+# keeps 8% / 9% / 26% at 6 bits everywhere; LeNet-5 keeps 66% / 12% / 8% / 19% with 8-bit conv and 5-bit fc.
+# Retraining uses a constant learning rate below the pretraining peak and a little L2 (Han 2015b Sec. 3.1-3.2). On our
+# LeNet-300-100 checkpoint, 8 rounds x 4 epochs at Adam 5e-4 recovered better (validation error 2.14%) than 5 x 6 at
+# 1e-4 (2.38%): many small rounds, as Han 2015b Fig. 5 suggests. Caffe's L2 (5e-4) with SGD at a constant 0.1 did
+# better still on that checkpoint, which Adam trained without any L2 (validation 1.98%, test 1.52%; Adam 5e-4 with L2
+# 1e-4: 2.14% / 1.65%; SGD 0.01: 2.56% / 1.82%; benchmarks/RESULTS.md). Each preset's train epochs equal its
+# schedule's total.
 DC_PRESETS: dict[str, Preset] = {
     "digits": {
         "train": {"epochs": 12, "lr": 1e-3, "weight_decay": 1e-5, "lr_schedule": "none"},

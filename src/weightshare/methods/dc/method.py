@@ -1,6 +1,7 @@
 """Deep Compression (Han, Mao & Dally, ICLR 2016) as a Method: prune, share, fine-tune the centroids.
 
-One ``fit()`` run walks through the paper's first two stages (pruning, Sec. 2; trained quantization, Sec. 3);
+One ``fit()`` run walks through the paper's first two stages (pruning, Sec. 2; trained quantization, Sec. 3;
+docs/methods.md#dc-algorithm);
 the third, entropy coding, is the codec's job (``model.wsz``), and the paper's
 own size estimate is :func:`weightshare.report.accounting.deep_compression_estimate`.
 

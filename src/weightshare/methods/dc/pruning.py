@@ -1,6 +1,6 @@
 """Magnitude pruning: per-layer masks, iterative schedules and per-layer settings.
 
-Deep Compression prunes as Han et al. 2015b do (REFERENCES A.1): per layer, drop
+Deep Compression prunes as Han et al. 2015b do (docs/methods.md#dc-pruning): per layer, drop
 the connections of smallest magnitude, retrain the survivors, repeat. Two ways
 to say how much to drop are supported, both per layer:
 

@@ -34,14 +34,13 @@ def check_schedule(values: list[float]) -> None:
         raise ConfigError(f"setting 'schedule' must end at 1 (every weight fixed); it ends at {values[-1]:g}")
 
 
-# The paper's recipe (Subia-Waud & Dasmahapatra 2023, experiments): SGD, momentum 0.9, weight decay 1e-4,
-# 1 + 9 x 3 epochs for 10 rounds, lr 1e-3. Re-tuned for small data: b = 9 on MNIST, since b = 7 with zero_fix
-# sends every |mu| < 0.0078 to zero, a large share of the LeNet weights. reg: sigma only grows by
-# ~reg * lr * steps, and the paper's 2^-11 was set for ~10^4 ImageNet steps per epoch; MNIST has ~470 and
-# digits ~20, so reg grows accordingly. On digits (mlp, 19 epochs) reg 2^-9 -> 137 values, 5.9 bits;
-# 2^-4 -> 26 values, 3.6 bits; 2^-2 -> 17 values, 3.1 bits at the pretrained test error.
-# The MNIST presets: the paper's SGD recipe with b and reg re-scaled for MNIST's step count -- not yet
-# validated by a full run.
+# The paper's recipe (Subia-Waud & Dasmahapatra 2023, experiments; docs/methods.md#pwfn-defaults): SGD, momentum 0.9,
+# weight decay 1e-4, 1 + 9 x 3 epochs for 10 rounds, lr 1e-3. Re-tuned for small data (docs/methods.md#pwfn-presets):
+# b = 9 on MNIST, since b = 7 with zero_fix sends every |mu| < 0.0078 to zero, a large share of the LeNet weights.
+# reg: sigma only grows by ~reg * lr * steps, and the paper's 2^-11 was set for ~10^4 ImageNet steps per epoch; MNIST
+# has ~470 and digits ~20, so reg grows accordingly. On digits (mlp, 19 epochs) reg 2^-9 -> 137 values, 5.9 bits;
+# 2^-4 -> 26 values, 3.6 bits; 2^-2 -> 17 values, 3.1 bits at the pretrained test error. The MNIST presets below
+# were measured in benchmarks/RESULTS.md.
 _MNIST_PRESET = {
     "train": {
         "epochs": 28,
@@ -74,7 +73,7 @@ PWFN_PRESETS: dict[str, Preset] = {
 
 @dataclasses.dataclass
 class PWFNConfig(MethodConfig):
-    """Every knob of probabilistic weight fixing (the paper's values as defaults).
+    """Every knob of probabilistic weight fixing (the paper's values as defaults: docs/methods.md#pwfn-defaults).
 
     >>> PWFNConfig(schedule=[0.5, 1.0], first_epochs=1, rest_epochs=3).total_epochs
     4

@@ -1,6 +1,6 @@
 """Probabilistic weight fixing (PWFN; Subia-Waud & Dasmahapatra, NeurIPS 2023) as a Method.
 
-The model (REFERENCES.md Part II C.2): every covered weight is a Gaussian N(mu, sigma^2). mu *is* the
+The model (docs/methods.md#pwfn-model): every covered weight is a Gaussian N(mu, sigma^2). mu *is* the
 model's own parameter; sigma is a tensor per covered weight owned by this method (its optimizer group).
 In training mode a forward pre-hook swaps ``module.weight`` for ``mu + sigma * eps`` (eps ~ N(0, 1),
 drawn every forward) and a forward hook swaps mu back; in eval mode nothing happens, so evaluation uses
@@ -9,17 +9,18 @@ keys (``parametrizations.weight.original``), which the checkpoints, ``model_fina
 plots read; with hooks the model stays an ordinary ``nn.Module`` throughout and :meth:`finalize`
 removes them.
 
-* sigma starts at the paper's prior (:func:`weightshare.pow2.prior_sigma`), or ``1e-4`` with ``prior``
-  off, as the reference code does.
+* sigma starts at the paper's prior (:func:`weightshare.methods.pwfn.pow2.prior_sigma`), or ``1e-4``
+  with ``prior`` off, as the reference code does.
 * Regulariser (reference ``reg_function=linear``, a gradient edit ``grad_sigma -= reg·relu(0.05 -
   sigma)·|eps|`` after backward): here the loss term ``reg/2 · sum |eps|·relu(0.05 - sigma)^2`` over
   the unfixed weights, returned by :meth:`penalty`. Its gradient is exactly that edit, and its value is
   >= 0 and 0 once sigma saturates at 0.05, so the logged loss stays readable.
-* Fixing rounds (C.3): after ``first_epochs`` and then every ``rest_epochs`` epochs, the cumulative
-  fraction ``schedule[r]`` of the covered weights is fixed to power-of-two centres, the most certain
-  first (:func:`weightshare.pow2.assign_centres`); fixed weights never move again (zero gradient and a
-  re-snap after every step, so momentum and weight decay cannot move them), and their sigma is joined
-  per ``sigma_join``. The per-round records are :attr:`ProbabilisticWeightFixing.rounds`.
+* Fixing rounds (docs/methods.md#pwfn-fixing): after ``first_epochs`` and then every ``rest_epochs``
+  epochs, the cumulative fraction ``schedule[r]`` of the covered weights is fixed to power-of-two
+  centres, the most certain first (:func:`weightshare.methods.pwfn.pow2.assign_centres`); fixed weights
+  never move again (zero gradient and a re-snap after every step, so momentum and weight decay cannot
+  move them), and their sigma is joined per ``sigma_join``. The per-round records are
+  :attr:`ProbabilisticWeightFixing.rounds`.
 * :meth:`finalize` builds ONE network-wide codebook (entry 0 = 0.0, then the values in use).
 
 Deviations from the reference code, all deliberate:
@@ -28,7 +29,8 @@ Deviations from the reference code, all deliberate:
   weights and "normally" re-captures them); the paper describes them as frozen, and this keeps them so.
 * The zero centre is found by value (the reference takes the middle index, wrong once a centre is gone).
 * ``mean_sigma`` joins to 1/sqrt(mean(1/sigma^2)), the sigma of the group's mean precision
-  (REFERENCES writes 1/sqrt(mean sigma^2), which would be ~100 for sigma ~ 0.01).
+  (docs/methods.md#pwfn-sigma-join: the reference code, read literally, gives 1/sqrt(mean sigma^2),
+  which would be ~100 for sigma ~ 0.01).
 * The first round trains whole epochs (the reference: 5% of one ImageNet epoch); ``first_epochs = 0``
   fixes the first fraction on the pretrained weights. One optimizer for the whole run (the reference
   restarts it per round, resetting momentum); sigma gets no weight decay and gradients are not clipped.
@@ -164,8 +166,9 @@ class ProbabilisticWeightFixing(Method):
                 eps = torch.randn_like(mu)
                 self._eps[full] = eps
                 self._saved[(id(module), pname)] = mu
-                # Reparameterisation w = mu + sigma * eps: gradients reach mu and sigma (C.2). Written into
-                # _parameters directly (as torch.func.functional_call swaps tensors) for this one forward.
+                # Reparameterisation w = mu + sigma * eps: gradients reach mu and sigma
+                # (docs/methods.md#pwfn-model). Written into _parameters directly (as
+                # torch.func.functional_call swaps tensors) for this one forward.
                 module._parameters[pname] = mu + self.sigma[full] * eps
 
         return hook
@@ -242,7 +245,7 @@ class ProbabilisticWeightFixing(Method):
     def fix_round(self, r: int) -> dict[str, Any]:
         """Fix weights until the fraction ``schedule[r]`` of all covered weights is fixed; return its record.
 
-        The round works on all covered tensors at once: one network-wide centre set (C.1).
+        The round works on all covered tensors at once: one network-wide centre set (docs/methods.md#pwfn-overview).
         """
         names = list(self.covered)
         mu = torch.cat([self.covered[n].detach().reshape(-1) for n in names]).double()

@@ -1,6 +1,6 @@
 """Powers of two: the centre set of probabilistic weight fixing and its prior on the uncertainties.
 
-PWFN (Subia-Waud & Dasmahapatra, NeurIPS 2023; REFERENCES.md Part II C) fixes every
+PWFN (Subia-Waud & Dasmahapatra, NeurIPS 2023; docs/methods.md#pwfn) fixes every
 weight to one value of a small network-wide set built from powers of two:
 
 * :func:`power_terms` -- the powers 2^e for e = -b ... ceil(log2 max|mu|) - 1;
@@ -10,7 +10,7 @@ weight to one value of a small network-wide set built from powers of two:
   initialisation of each weight's sigma: a weight that already sits near a power
   of two starts nearly certain;
 * :func:`assign_centres` -- one fixing round: which weights go to which centre,
-  with distances in units of each weight's own sigma (REFERENCES C.3).
+  with distances in units of each weight's own sigma (docs/methods.md#pwfn-fixing).
 
 Everything is computed in float64; centres are exact sums of powers of two, so
 they are exactly representable in float32 as long as they span < 24 octaves.
@@ -36,7 +36,7 @@ __all__ = [
     "Assignment",
 ]
 
-# Clamp range and scale of the prior initialisation, as the reference code sets them (REFERENCES C.2).
+# Clamp range and scale of the prior initialisation, as the reference code sets them (docs/methods.md#pwfn-sigma-init).
 SIGMA_MIN = 2.0**-30
 SIGMA_MAX = 0.05
 PRIOR_SCALE = 0.0025
@@ -195,11 +195,12 @@ def assign_centres(
     inc: float = 2.0,
     zero_fix: bool = True,
 ) -> Assignment:
-    """Fix ``need`` of the given (unfixed) weights to power-of-two centres, the most certain first (C.3).
+    """Fix ``need`` of the given (unfixed) weights to power-of-two centres, the most certain first.
 
-    The centre reaching the most weights within ``delta`` sigmas takes up to ``need`` of them, nearest
-    first, and leaves the candidate list; when no candidate reaches a weight, the number of power-of-two
-    terms (up to ``max_terms``) and the reach (``delta *= inc``) grow in turn.
+    One round of docs/methods.md#pwfn-fixing: the centre reaching the most weights within ``delta`` sigmas
+    takes up to ``need`` of them, nearest first, and leaves the candidate list; when no candidate reaches a
+    weight, the number of power-of-two terms (up to ``max_terms``) and the reach (``delta *= inc``) grow in
+    turn.
 
     Two weights reach 0.25, one 0.5 and one (zero_fix: |mu| < 2^-3) the zero centre; the tie of one
     each goes to the first centre in ascending order:

@@ -13,8 +13,9 @@ from weightshare.train.presets import Preset
 __all__ = ["SWSConfig", "SWS_PRESETS"]
 
 
-# Presets: the paper's LeNet settings (Ullrich, Meeds & Welling 2017, Sec. 4.2), WRN with 64 components, and
-# the Keras tutorial's network with its own settings (J = 16, pi0 = 0.99, tau = 0.003, 30 epochs).
+# Presets (docs/methods.md#sws-presets): the paper's LeNet settings (Ullrich, Meeds & Welling 2017, Sec. 4.2),
+# WRN with 64 components, and the Keras tutorial's network with its own settings (J = 16, pi0 = 0.99,
+# tau = 0.003, 30 epochs).
 SWS_PRESETS: dict[str, Preset] = {
     # digits has 1,257 training images (40 steps an epoch at batch 32), so the mixture gets 10x the
     # paper's learning rates to converge in ~6,000 steps instead of ~43,000, and a larger tau.

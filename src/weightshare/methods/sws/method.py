@@ -1,6 +1,6 @@
 """Soft weight-sharing (Ullrich, Meeds & Welling, ICLR 2017) as a Method.
 
-Retraining minimises, per mini-batch (REFERENCES.md Part I §0.3 item 1)::
+Retraining minimises, per mini-batch (docs/methods.md#sws-loss)::
 
     loss = mean cross-entropy + (tau / N) * L_C,   L_C = -log p(w) - log p(hyper-priors)
 

@@ -3,8 +3,9 @@
 p(w) = prod_i sum_j pi_j N(w_i | mu_j, 1/lambda_j) over every covered weight (paper eq. 5).
 Component 0 is the pruning spike: mu_0 = 0 is a buffer (never trained) and pi_0 is fixed
 (0.999 in the paper) or learned under a Beta hyper-prior. The other mixing weights are
-pi_j = (1 - pi_0) softmax(rho)_j with rho initialised equal (REFERENCES.md Part I, 0.3 item 2).
-Precisions are optimised in log space (item 3) under Gamma hyper-priors (item 4).
+pi_j = (1 - pi_0) softmax(rho)_j with rho initialised equal (docs/methods.md#sws-mixture).
+Precisions are optimised in log space (docs/methods.md#sws-init) under Gamma hyper-priors
+(docs/methods.md#sws-hyper-priors).
 
 After retraining, :meth:`MixturePrior.merged` merges redundant components (paper Sec. 4.3,
 eq. 8) and :meth:`MixturePrior.quantize` sets every weight to the mean of its MAP component
@@ -42,7 +43,7 @@ class MixtureConfig:
     ``pi0_beta_a`` / ``pi0_beta_b`` parametrise the Beta(a, b) hyper-prior on a learnable pi_0;
     the defaults (a=1000, b=2) put its mode (a-1)/(a+b-2) at 0.999, the paper's fixed value.
     Gamma(alpha, beta) (shape, rate) hyper-priors act on each precision lambda_j; both default
-    modes (alpha-1)/beta sit near lambda = 2500, i.e. sigma = 0.02 (REFERENCES.md 0.3 item 4).
+    modes (alpha-1)/beta sit near lambda = 2500, i.e. sigma = 0.02 (docs/methods.md#sws-hyper-priors).
 
     >>> MixtureConfig(num_components=1).validate()
     Traceback (most recent call last):
@@ -156,7 +157,7 @@ def assign_components(weight: torch.Tensor, mix: MergedMixture, rule: str = "map
     ``rule="map"`` maximises log pi_k + log N(w | mu_k, sigma_k^2) (paper Alg. 1). ``rule="ml"``
     drops pi_k; it fails when a trained component sits near 0 with a variance smaller than the
     zero component's: it out-scores the spike on the near-zero weights, they are no longer
-    pruned and sparsity vanishes (REFERENCES.md Part I, 0.3 item 10 and 2.3). Computed in chunks,
+    pruned and sparsity vanishes (docs/methods.md#sws-assignment). Computed in chunks,
     so memory stays O(N).
 
     >>> mix = MergedMixture(torch.tensor([0.0, 1.0]), torch.tensor([0.01, 0.01]), torch.tensor([0.9, 0.1]))

@@ -1,7 +1,7 @@
 """Fast, memory-lean negative log-likelihood of weights under a Gaussian mixture.
 
 Soft weight-sharing evaluates ``S = -sum_i log sum_k pi_k N(w_i | mu_k, 1/lambda_k)`` over *every*
-covered weight at *every* step (REFERENCES.md Part I, 0.3 items 1 and 13). A plain autograd
+covered weight at *every* step (docs/methods.md#sws-kernels). A plain autograd
 ``logsumexp`` over the N x K matrix keeps several N x K tensors for backward and allocates them
 afresh each step (the ~97 % of retrain time measured for the reference code).
 
@@ -44,7 +44,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # Logits are kept in base 2: torch's exp2 is ~2.5x faster than exp on CPU (measured, AVX-512).
 _LOG2E = 1.0 / math.log(2.0)
 # One reusable buffer per (thread, K, chunk, dtype): allocating K x n temporaries each step is what
-# made the reference implementation page-fault heavily (REFERENCES.md Part I, "Measured" section).
+# made the reference implementation page-fault heavily (docs/methods.md#sws-kernels).
 _WORKSPACES: dict[tuple[int, int, int, torch.dtype], torch.Tensor] = {}
 
 
