@@ -1,7 +1,9 @@
-"""Shared fixtures: the MNIST data directory of CI and a tiny digits bundle."""
+"""Shared fixtures: the MNIST data directory of CI, a tiny digits bundle, a digits run and its compression."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -112,3 +114,36 @@ def cli_refuses(capsys):
         return capsys.readouterr().err
 
     return run
+
+
+_SWS_QUICK = ["--epochs", "3", "--assign", "ml"]
+
+
+@pytest.fixture(scope="session")
+def sws_quick() -> list[str]:
+    """Flags for soft weight-sharing in three digits epochs. The weights have not settled on the components
+    so soon, so the paper's MAP assignment would put all of them on the zero spike (a collapse, exit code 3);
+    the ML assignment keeps a working network."""
+    return list(_SWS_QUICK)
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """``weightshare pretrain --preset digits --epochs 6``: a pretraining run directory."""
+    from weightshare.cli import main
+
+    out = tmp_path_factory.mktemp("cli") / "pre"
+    assert main(["pretrain", "--preset", "digits", "--epochs", "6", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def compressed(pretrained, sws_quick, tmp_path_factory):
+    """``weightshare compress sws --from PRETRAINED --out OUT`` + ``sws_quick``: (OUT, what it printed)."""
+    from weightshare.cli import main
+
+    out = tmp_path_factory.mktemp("cli") / "sws"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["compress", "sws", "--from", str(pretrained), "--out", str(out), *sws_quick, "--quiet"]) == 0
+    return out, printed.getvalue()

@@ -5,18 +5,23 @@ dataclass defaults, a named ``--preset``, a TOML ``--config`` file and flags.
 Each setting's flag is its field name with dashes (``lr_w`` -> ``--lr-w``).
 ``weightshare compress METHOD`` has one subcommand per method, listing only
 that method's settings and the ``[train]``, ``[data]`` and ``[finish]`` ones.
+
+``--resume`` continues a run with the settings it was started with; a setting given
+again must have the value it was started with (only ``--data-dir`` may change).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from weightshare.core import settings as cfgmod
-from weightshare.core.errors import ConfigError
+from weightshare.core.errors import USAGE_ERRORS, USER_ERRORS, ConfigError, RunInterrupted
 from weightshare.data.config import DataConfig
+from weightshare.models.architectures import MODELS
 from weightshare.train.config import TrainConfig
 from weightshare.train.presets import PRETRAIN_PRESETS, get_preset
 
@@ -36,35 +41,131 @@ def command(name: str) -> Callable:
     return register
 
 
+RESUME_NOTE = """--resume continues the run in --out with the settings it was started with (a run stopped
+before its first epoch ended starts from epoch 0); a setting given again must have its stored
+value, only --data-dir may change."""
+
+
+def exit_codes() -> str:
+    """The exit codes, for the help's epilog."""
+    from weightshare.pipeline.compress import CHANCE_MARGIN, GAP_FACTOR, GAP_POINTS
+
+    return f"""exit codes:
+  0    done; compress warns, saying what usually helps, when the decoded test error is more than
+       {GAP_FACTOR:g}x and more than {GAP_POINTS:g} points above the retrained one
+  1    a file, run directory or data set could not be used, or training diverged
+  2    a mistake in the command: a setting, a flag, a run or file of the wrong kind
+  3    compress: the result collapsed (every covered weight is zero, or the decoded test error is
+       within {CHANCE_MARGIN:g} points of chance); the run directory and report.json, which records
+       the warning, are written all the same
+  130  interrupted (Ctrl-C); the line printed is the command that continues the run"""
+
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
 def resolve_settings(
-    classes: Sequence[type], args: argparse.Namespace, preset: dict[str, dict[str, Any]], base: dict | None = None
+    classes: Sequence[type],
+    args: argparse.Namespace,
+    preset: dict[str, dict[str, Any]],
+    base: dict | None = None,
+    preset_name: str | None = None,
 ) -> list[Any]:
     """defaults < ``base`` (e.g. a source run's settings) < preset < config file < flags, validated."""
     sections = {cfgmod.section_name(c): c for c in classes}
-    from_file = cfgmod.load_toml(args.config, sections) if getattr(args, "config", None) else {}
+    named = (f"preset {preset_name or getattr(args, 'preset', None)!r}", preset)
+    given = _given(args, list(sections), named, _flags(args, sections.values()))
+    layers = [("source run", base or {}), *given]
     resolved = []
     for name, cls in sections.items():
         obj = cls()
-        for source, values in (
-            ("source run", (base or {}).get(name, {})),
-            (f"preset {getattr(args, 'preset', '')!r}", preset.get(name, {})),
-            (f"config file {getattr(args, 'config', '')}", from_file.get(name, {})),
-            ("flags", cfgmod.overrides_from_args(args, cls)),
-        ):
-            obj = cfgmod.apply_overrides(obj, values, source)
+        for source, values in layers:
+            obj = cfgmod.apply_overrides(obj, values.get(name, {}), source)
         resolved.append(cfgmod.validate(obj))
     return resolved
+
+
+def _flags(args: argparse.Namespace, classes: Iterable[type]) -> cfgmod.Sections:
+    """The settings of ``classes`` the user gave as flags, by section."""
+    return {cfgmod.section_name(cls): cfgmod.overrides_from_args(args, cls) for cls in classes}
+
+
+def _given(
+    args: argparse.Namespace, sections: list[str], preset: tuple[str, cfgmod.Sections] | None, flags: cfgmod.Sections
+) -> list[tuple[str, cfgmod.Sections]]:
+    """The settings the command gives, lowest priority first: a ``(name, settings)`` preset, the ``--config``
+    file, the flags."""
+    layers: list[tuple[str, cfgmod.Sections]] = [preset] if preset else []
+    if getattr(args, "config", None):
+        layers.append((f"config file {args.config}", cfgmod.load_toml(args.config, sections)))
+    return [*layers, ("flags", flags)]
+
+
+# --- --resume: the settings a run was started with -----------------------------------------------
+
+MAY_CHANGE_ON_RESUME = {("data", "data_dir")}
+"""Where the data lives may change between machines; nothing that changes the result may."""
+
+
+def refuse_changes(
+    layers: list[tuple[str, cfgmod.Sections]], resolve: Callable[[cfgmod.Sections], cfgmod.Sections]
+) -> None:
+    """Refuse (``ConfigError``) a setting given with ``--resume`` that differs from the one the run was started with.
+
+    ``layers`` are the given settings (:func:`_given`); ``resolve`` applies settings to the stored ones and
+    returns every setting, validated (``resolve({})``: as stored). A setting given with its stored value is fine.
+    """
+    given: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    for source, sections in layers:  # later layers win, as when the run was started
+        for name, values in sections.items():
+            given.setdefault(name, {}).update(values)
+            origin.update({(name, key): source for key in values})
+    stored, resolved = resolve({}), resolve(given)
+    for (name, key), source in origin.items():
+        before, after = stored[name][key], resolved[name][key]
+        if (name, key) not in MAY_CHANGE_ON_RESUME and after != before:
+            shown = _flag_text(key, after) if source == "flags" else f"{key} = {_show(after)} ({source})"
+            raise ConfigError(
+                f"--resume with {shown}: the run was started with {key} = {_show(before)}; start a new run to change it"
+            )
+
+
+def _show(value: Any) -> str:
+    """A setting's value as the user would type it: ``0.03``, ``5``, ``true``, ``0.5,0.6``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    if isinstance(value, list):
+        return ",".join(_show(v) for v in value)
+    return str(value)
+
+
+def _flag_text(name: str, value: Any) -> str:
+    """The flag that gives ``value`` to setting ``name``: ``--tau 5``, ``--no-include-biases``."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {_show(value)}"
 
 
 # --- pretrain -----------------------------------------------------------------------------
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="train a model from scratch into a run directory")
+    p = sub.add_parser(
+        "pretrain",
+        help="train a model from scratch into a run directory",
+        epilog=f"{RESUME_NOTE}\n\n{exit_codes()}",
+        formatter_class=_RAW,
+    )
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--preset", choices=sorted(PRETRAIN_PRESETS), help="named recipe (its values are defaults)")
     p.add_argument("--config", help="TOML file with [data] and [train] tables")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in --out (its stored settings; see below)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     cfgmod.add_arguments(p, DataConfig)
     cfgmod.add_arguments(p, TrainConfig)
@@ -74,21 +175,38 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from weightshare.pipeline.pretrain import pretrain
 
-    preset_name = args.preset or _infer_preset(args)
-    data_cfg, train_cfg = resolve_settings(
-        [DataConfig, TrainConfig], args, get_preset(PRETRAIN_PRESETS, preset_name, "pretrain")
-    )
     if args.resume:
-        from weightshare.runs.rundir import RunDir
-
-        stored = RunDir.open(args.out).config
-        data_cfg, train_cfg = DataConfig(**stored["data"]), TrainConfig(**stored["train"])
+        data_cfg, train_cfg = _resumed_pretrain(args)
+    else:
+        name = args.preset or _infer_preset(args)
+        preset = get_preset(PRETRAIN_PRESETS, name, "pretrain")
+        data_cfg, train_cfg = resolve_settings([DataConfig, TrainConfig], args, preset, preset_name=name)
     final = pretrain(data_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
     print(
         f"pretrained {train_cfg.model} on {data_cfg.dataset}: val error {final['val_error']:.2f}%, "
         f"test error {final['test_error']:.2f}% -> {args.out}"
     )
     return 0
+
+
+def _resumed_pretrain(args: argparse.Namespace) -> tuple[DataConfig, TrainConfig]:
+    """The settings the run in ``--out`` was started with; a setting given with another value is refused."""
+    from weightshare.pipeline.pretrain import open_pretrain_run
+
+    stored = open_pretrain_run(args.out).config
+    classes = {"data": DataConfig, "train": TrainConfig}
+    configs = {name: cls(**stored[name]) for name, cls in classes.items()}
+
+    def resolve(given: cfgmod.Sections) -> cfgmod.Sections:
+        return {n: cfgmod.to_dict(cfgmod.validate(cfgmod.apply_overrides(c, given.get(n, {}), "--resume")))
+                for n, c in configs.items()}  # fmt: skip
+
+    preset = (f"preset {args.preset!r}", get_preset(PRETRAIN_PRESETS, args.preset, "pretrain"))  # only one named
+    layers = _given(args, list(classes), preset if args.preset else None, _flags(args, classes.values()))
+    refuse_changes(layers, resolve)
+    if args.data_dir:
+        configs["data"].data_dir = args.data_dir
+    return configs["data"], configs["train"]
 
 
 def _infer_preset(args: argparse.Namespace) -> str | None:
@@ -102,7 +220,11 @@ def _infer_preset(args: argparse.Namespace) -> str | None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="test error of a run directory, a weights file or a .wsz file")
     p.add_argument("checkpoint", help="run directory, .safetensors weights, or .wsz compressed file")
-    p.add_argument("--model", help="architecture (needed for a weights or .wsz file outside a run directory)")
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        help="architecture (default: the run directory's, else the one a .wsz file records)",
+    )
     p.add_argument("--dataset", help="data set (needed for a weights or .wsz file outside a run directory)")
     p.add_argument("--data-dir", help="data directory")
     p.add_argument("--normalize", choices=("pixels", "standard"), help="input scaling (default: the run's)")
@@ -130,10 +252,18 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         help="retrain a pretrained run with a method, write model.wsz and report.json",
         description="Retrain a pretrained run with a method: weightshare compress METHOD --from RUN --out DIR. "
         "'weightshare compress METHOD --help' lists every setting of that method.",
+        epilog=exit_codes(),
+        formatter_class=_RAW,
     )
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", title="methods")
     for name, cls in CONFIGS.items():
-        m = methods.add_parser(name, help=cls.description, description=f"Compress with {cls.description}.")
+        m = methods.add_parser(
+            name,
+            help=cls.description,
+            description=f"Compress with {cls.description}.",
+            epilog=f"{RESUME_NOTE}\n\n{exit_codes()}",
+            formatter_class=_RAW,
+        )
         _add_compress_options(m, cls)
 
 
@@ -147,7 +277,9 @@ def _add_compress_options(p: argparse.ArgumentParser, cls: type) -> None:
         help="named recipe (its values are defaults; default: the one named after the source run's model)",
     )
     p.add_argument("--config", help=f"TOML file with tables {', '.join(f'[{s}]' for s in cls.section_names())}")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (its stored settings)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in --out (its stored settings; see below)"
+    )
     p.add_argument("--make-gif", action="store_true", help="record weights each epoch for the scatter animation")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     cfgmod.add_recipe_arguments(p, cls, cls.method, skip=("model",))  # the model is the source run's
@@ -156,21 +288,26 @@ def _add_compress_options(p: argparse.ArgumentParser, cls: type) -> None:
 @command("compress")
 def _compress(args: argparse.Namespace) -> int:
     from weightshare.methods import config_class
-    from weightshare.pipeline.compress import compress, stored_config
+    from weightshare.pipeline.compress import collapsed, compress
+    from weightshare.pipeline.pretrain import open_source_run
     from weightshare.report.run_report import format_summary
-    from weightshare.runs.rundir import RunDir
 
     cls = config_class(args.method)
     if args.resume:
-        config = stored_config(RunDir.open(args.out).config)
-        if args.data_dir:  # where the data lives may change between machines; nothing else does
-            config.data.data_dir = args.data_dir
+        config = _resumed_method_config(cls, args)
     else:
-        config = resolve_method_config(cls, args, RunDir.open(args.source).config)
+        config = resolve_method_config(cls, args, open_source_run(args.source).config)
     report = compress(
         args.source, config, args.out, resume=args.resume, progress=not args.quiet, record_frames=args.make_gif
     )
     print(format_summary(report))
+    for warning in report["warnings"]:
+        print(f"{_prog(args)}: warning: {warning['message']}", file=sys.stderr)
+    if collapsed(report):  # the files stay, to be inspected; the exit code says the run failed
+        print(
+            f"{_prog(args)}: error: no usable compression; {args.out} keeps its files for inspection", file=sys.stderr
+        )
+        return 3
     if args.make_gif:
         from weightshare.plots.run import make_gif
 
@@ -178,19 +315,30 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resumed_method_config(cls: type[MethodConfig], args: argparse.Namespace) -> MethodConfig:
+    """The recipe the run in ``--out`` was started with; a setting given with another value is refused."""
+    from weightshare.pipeline.compress import open_compress_run, stored_config
+
+    config = stored_config(open_compress_run(args.out, cls.method).config)
+    preset = (f"{cls.method} preset {args.preset!r}", cls.preset_sections(args.preset)) if args.preset else None
+    layers = _given(args, cls.section_names(), preset, cfgmod.sections_from_args(args, cls, cls.method))
+    refuse_changes(layers, lambda given: cfgmod.validate(config.updated(given)).sections())
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    return config
+
+
 def resolve_method_config(cls: type[MethodConfig], args: argparse.Namespace, source: dict[str, Any]) -> MethodConfig:
     """defaults < the source run's model and seed < preset < config file < flags, validated.
 
     Without ``--preset`` the preset named after the source run's model applies, if the method has one.
     """
-    preset = args.preset or _infer_method_preset(cls, source)
+    name = args.preset or _infer_method_preset(cls, source)
+    preset = (f"{cls.method} preset {name!r}", cls.preset_sections(name)) if name else None
     layers: list[tuple[str, cfgmod.Sections]] = [
         ("source run", {"train": {k: source["train"][k] for k in ("model", "seed")}}),
-        (f"{cls.method} preset {preset!r}", cls.preset_sections(preset) if preset else {}),
-        ("flags", cfgmod.sections_from_args(args, cls, cls.method)),
+        *_given(args, cls.section_names(), preset, cfgmod.sections_from_args(args, cls, cls.method)),
     ]
-    if args.config:
-        layers.insert(2, (f"config file {args.config}", cfgmod.load_toml(args.config, cls.section_names())))
     config = cls()
     for origin, sections in layers:
         config = config.updated(sections, origin)
@@ -394,33 +542,54 @@ PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_codec, _add_evaluate, _add
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weightshare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="weightshare",
+        description=__doc__.splitlines()[0],
+        epilog=exit_codes(),
+        formatter_class=_RAW,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in PARSER_BUILDERS:
         add(sub)
     return parser
 
 
+def _prog(args: argparse.Namespace) -> str:
+    """``weightshare compress sws``: how messages name the command."""
+    return " ".join(["weightshare", args.command, *([args.method] if args.command == "compress" else [])])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user's mistake is one line on stderr and an exit code (see :func:`exit_codes`)."""
     argv = _method_alias(list(sys.argv[1:] if argv is None else argv))
     foreign = _foreign_setting(argv)
     if foreign:  # argparse would print its usage too: one line says it
         print(f"weightshare compress {argv[1]}: error: {foreign}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    prog = " ".join(["weightshare", args.command, *([args.method] if args.command == "compress" else [])])
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, KeyError) as exc:
-        print(f"{prog}: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from weightshare.core.errors import USER_ERRORS
+    except KeyboardInterrupt as exc:
+        print(f"{_prog(args)}: {_interrupted(args, argv, exc)}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:  # anything else is a bug: its traceback is what finds it
+        print(f"{_prog(args)}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, USAGE_ERRORS) else 1
 
-        if isinstance(exc, USER_ERRORS):
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+
+def _interrupted(args: argparse.Namespace, argv: list[str], exc: KeyboardInterrupt) -> str:
+    """The line for Ctrl-C: how far the run got and the command that continues it.
+
+    >>> args = argparse.Namespace(command="compress")
+    >>> _interrupted(args, ["compress", "sws", "--out", "my run"], RunInterrupted("my run", 3, 100))
+    "interrupted after epoch 3 of 100; continue with: weightshare compress sws --out 'my run' --resume"
+    """
+    if args.command not in ("pretrain", "compress"):
+        return "interrupted"
+    if isinstance(exc, RunInterrupted):
+        again = argv if "--resume" in argv else [*argv, "--resume"]
+        return f"{exc}; continue with: {shlex.join(['weightshare', *again])}"
+    return f"interrupted before training started; run again: {shlex.join(['weightshare', *argv])}"
 
 
 if __name__ == "__main__":

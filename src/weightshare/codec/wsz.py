@@ -194,8 +194,14 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> 
     return qmodel
 
 
-def check_compatible(qmodel: QuantizedModel, model: nn.Module) -> None:
+_SHOWN = 3  # tensors a mismatch names: the message stays one readable line
+
+
+def check_compatible(qmodel: QuantizedModel, model: nn.Module, model_name: str | None = None) -> None:
     """Refuse (``FormatError``) a decoded model whose tensors do not match ``model``'s names and shapes.
+
+    The message names each tensor that does not fit with both shapes (the first few, then how many
+    more), the model the file records (``meta["model"]``) and ``model_name``, if given.
 
     >>> from weightshare.core.quantized import QuantizedModel
     >>> q = QuantizedModel([torch.zeros(1)], {}, {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)})
@@ -204,6 +210,11 @@ def check_compatible(qmodel: QuantizedModel, model: nn.Module) -> None:
     Traceback (most recent call last):
     ...
     weightshare.core.errors.FormatError: file does not match the model: weight: shape (2, 3) in the file, (2, 4) ...
+    >>> q.meta["model"] = "lenet300"
+    >>> check_compatible(q, nn.Linear(4, 2), "mlp")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    weightshare.core.errors.FormatError: file made for lenet300 does not match the model mlp: weight: shape (2, 3) ...
     """
     own = model.state_dict()
     shapes = {n: qt.shape for n, qt in qmodel.quantized.items()} | {n: tuple(t.shape) for n, t in qmodel.dense.items()}
@@ -215,7 +226,14 @@ def check_compatible(qmodel: QuantizedModel, model: nn.Module) -> None:
     ]
     problems += [f"{n}: missing from the file" for n, t in own.items() if t.is_floating_point() and n not in shapes]
     if problems:
-        raise FormatError("file does not match the model: " + "; ".join(problems))
+        made_for = qmodel.meta.get("model")
+        head = f"file made for {made_for}" if made_for else "file"
+        more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+        raise FormatError(
+            f"{head} does not match the model{f' {model_name}' if model_name else ''}: "
+            + "; ".join(problems[:_SHOWN])
+            + more
+        )
 
 
 def entropy_bound_bytes(qmodel: QuantizedModel, *, float16: bool = False) -> float:

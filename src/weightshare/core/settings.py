@@ -71,22 +71,30 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def section(cls: type, **defaults: Any) -> Any:
+def section(cls: type, *, bounds: Mapping[str, Mapping[str, float]] | None = None, **defaults: Any) -> Any:
     """A dataclass field holding a whole section of a recipe, e.g. ``train: TrainConfig = section(TrainConfig)``.
 
     ``defaults`` change the section's defaults for this recipe only (soft weight-sharing removes
-    dead weights by default, the other methods do not).
+    dead weights by default, the other methods do not); ``bounds`` add constraints for this recipe
+    only, as :func:`setting` takes them (soft weight-sharing needs ``{"epochs": {"gt": 0}}``, while a
+    method whose schedule needs no retraining may run zero epochs).
 
     >>> @dataclasses.dataclass
     ... class Inner:
     ...     lr: float = setting(1e-3, "learning rate", gt=0)
+    ...     epochs: int = setting(2, "epochs", ge=0)
     >>> @dataclasses.dataclass
     ... class Recipe:
-    ...     inner: Inner = section(Inner, lr=0.5)
+    ...     inner: Inner = section(Inner, bounds={"epochs": {"gt": 0}}, lr=0.5)
     >>> Recipe().inner
-    Inner(lr=0.5)
+    Inner(lr=0.5, epochs=2)
+    >>> validate(Recipe(inner=Inner(epochs=0)))
+    Traceback (most recent call last):
+    ...
+    weightshare.core.errors.ConfigError: setting 'epochs' must be > 0; got 0
     """
-    return dataclasses.field(default_factory=functools.partial(cls, **defaults), metadata={"section": cls})
+    metadata = {"section": cls, "bounds": dict(bounds or {})}
+    return dataclasses.field(default_factory=functools.partial(cls, **defaults), metadata=metadata)
 
 
 # --- helpers over dataclass fields ---------------------------------------------------
@@ -168,10 +176,11 @@ def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ConfigError(f"setting '{name}' must be {symbol} {limit}; got {value!r}")
 
 
-def validate(config: Any) -> Any:
+def validate(config: Any, bounds: Mapping[str, Mapping[str, float]] | None = None) -> Any:
     """Check every field's type and range, section by section; then the config's own ``check()`` if it has one.
 
-    This is the one place settings are checked: a recipe's sections are validated with it.
+    This is the one place settings are checked: a recipe's sections are validated with it, under the
+    ``bounds`` its :func:`section` adds. ``bounds`` adds constraints to ``config``'s own settings.
 
     >>> @dataclasses.dataclass
     ... class Example:
@@ -191,11 +200,12 @@ def validate(config: Any) -> Any:
     for f in _sections(config):
         if not isinstance(getattr(config, f.name), f.metadata["section"]):
             raise ConfigError(f"section [{f.name}] must be a {f.metadata['section'].__name__}")
-        validate(getattr(config, f.name))
+        validate(getattr(config, f.name), f.metadata.get("bounds"))
     for f in _fields(config):
         value = _coerce(f.name, getattr(config, f.name), f.type)
         setattr(config, f.name, value)
         _check_range(f.name, value, f.metadata)
+        _check_range(f.name, value, (bounds or {}).get(f.name, {}))
     check = getattr(config, "check", None)
     if callable(check):
         try:

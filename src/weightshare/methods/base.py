@@ -31,7 +31,19 @@ from weightshare.finish.config import FinishConfig
 from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
-__all__ = ["FigureSpec", "Method", "MethodConfig", "PlainTraining", "TrainContext", "require_epochs"]
+__all__ = [
+    "AT_LEAST_ONE_EPOCH",
+    "FigureSpec",
+    "Method",
+    "MethodConfig",
+    "PlainTraining",
+    "TrainContext",
+    "require_epochs",
+]
+
+AT_LEAST_ONE_EPOCH: dict[str, dict[str, float]] = {"epochs": {"gt": 0}}
+"""``section(TrainConfig, bounds=AT_LEAST_ONE_EPOCH)``: for a recipe that learns only while it trains (zero
+epochs would hard-assign weights nothing has pulled together). Schedules that may run none keep ``ge=0``."""
 
 
 def require_epochs(epochs: int, needed: int, schedule: str, detail: str) -> None:
@@ -150,6 +162,14 @@ class Method(TrainingHooks):
         Import the drawing code inside the override: ``import weightshare`` never needs matplotlib.
         """
         return {}
+
+    @classmethod
+    def collapse_hint(cls) -> str:
+        """What usually helps when the decoded model is far worse than the retrained one (shown when it is)."""
+        return (
+            "the hard assignment moved the weights far from where retraining left them; "
+            "retrain longer or start from a better pretrained model"
+        )
 
     def finalize(self, model: nn.Module) -> QuantizedModel:
         """The common result: per covered tensor a codebook (entry 0 = 0.0) and one index per weight."""

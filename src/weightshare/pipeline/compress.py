@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from weightshare.core.errors import MismatchError, RunDirError
 from weightshare.core.io import save_tensors
 from weightshare.core.quantized import QuantizedModel
 from weightshare.core.settings import validate
@@ -21,16 +22,25 @@ from weightshare.data.config import DataConfig
 from weightshare.data.datasets import DataBundle, load_data
 from weightshare.finish.config import FinishConfig
 from weightshare.finish.stages import run_finishing
-from weightshare.methods import build_method, config_class, method_class
+from weightshare.methods import CONFIGS, build_method, config_class, method_class
 from weightshare.methods.base import Method, MethodConfig
 from weightshare.models.architectures import build_model
 from weightshare.pipeline.pretrain import load_run_model, set_threads
+from weightshare.pipeline.rundirs import check_new, interruptible, open_run, recorded
 from weightshare.report.run_report import build_report, write_report
 from weightshare.runs.rundir import RunDir
-from weightshare.runs.schema import COMPRESSED, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
+from weightshare.runs.schema import COMPRESSED, CONFIG, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
 from weightshare.train.loop import evaluate_model, fit
 
-__all__ = ["compress", "stored_config", "write_and_report"]
+__all__ = [
+    "collapsed",
+    "compress",
+    "open_compress_run",
+    "recorded_method",
+    "result_warnings",
+    "stored_config",
+    "write_and_report",
+]
 
 
 def compress(
@@ -50,12 +60,15 @@ def compress(
     retraining (its ``model`` is always the source run's), ``config.data`` changes the source run's data
     settings, ``config.finish`` the stages after the method's hard assignment. ``record_frames`` keeps a
     sample of the covered weights each epoch (for the scatter animation). Returns the report (also
-    written to ``out/report.json``).
+    written to ``out/report.json``); its ``warnings`` say whether the result collapsed (:func:`collapsed`).
+    Ctrl-C raises :class:`~weightshare.core.errors.RunInterrupted`; ``resume=True`` continues.
     """
     method_class(config)  # not a method's config: refused before anything is read or written
     config = validate(copy.deepcopy(config))  # the caller's object stays as it was
-    if not resume:
-        RunDir.check_new(out)
+    if resume:
+        open_compress_run(out, config.method)  # another command's or method's run: refused before any work
+    else:
+        check_new(out)
     model, source_run = load_run_model(source)
     config, data_cfg = _resolve(config, source_run.config)
     set_threads(config.train.threads)
@@ -69,16 +82,40 @@ def compress(
     record = {"command": "compress", "method": config.method, "source": str(source), **config.sections()}
     record["data"] = dataclasses.asdict(data_cfg)  # what ran, not just what this recipe changed
     run = RunDir.open(out, write=True) if resume else RunDir.create(out, record)
-    if not resume:
+    if not run.has(MODEL_INIT):  # also when a resumed run was stopped before writing it
         save_tensors(run.path_of(MODEL_INIT), pretrained_state)
-    history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
-    recorder = _FrameRecorder(run, hooks) if record_frames else None
-    fit(model, data, config.train, method=hooks, run=run, phase="retrain", resume=resume,
-        batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=recorder)  # fmt: skip
-    errors["retrained"] = evaluate_model(model, data)
-    return _finalize_and_finish(
-        run, model, hooks, config, data, errors, batch_size=data_cfg.batch_size, progress=progress
-    )
+    with interruptible(run, "retrain", config.train.epochs):
+        history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
+        recorder = _FrameRecorder(run, hooks) if record_frames else None
+        fit(model, data, config.train, method=hooks, run=run, phase="retrain", resume=resume,
+            batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=recorder)  # fmt: skip
+        errors["retrained"] = evaluate_model(model, data)
+        return _finalize_and_finish(
+            run, model, hooks, config, data, errors, batch_size=data_cfg.batch_size, progress=progress
+        )
+
+
+def open_compress_run(out: str | os.PathLike, method: str | None = None) -> RunDir:
+    """The compression run in ``out`` to continue; refused if another command, or a method other than
+    ``method`` (when given), made it, or if it records a method this version does not know."""
+    run = open_run(out, "compress", why="compress --resume continues a run made by weightshare compress")
+    stored = recorded_method(run).method
+    if method is not None and stored != method:
+        raise MismatchError(
+            f"{out} is a {stored} run, not a {method} run: continue it with weightshare compress {stored} --resume"
+        )
+    return run
+
+
+def recorded_method(run: RunDir) -> type[MethodConfig]:
+    """The config class of the method a compression run records; one this version does not know is refused."""
+    name = recorded(run, "method")
+    if name not in CONFIGS:
+        raise RunDirError(
+            f"{run.path_of(CONFIG)} records method {name!r}, which this version of weightshare does not know "
+            f"(known: {', '.join(CONFIGS)})"
+        )
+    return CONFIGS[name]
 
 
 def _finalize_and_finish(
@@ -105,7 +142,9 @@ def _finalize_and_finish(
     if finished.rows:
         run.write_metrics(finished.rows)
     summary = {**hooks.summary(), **finished.summary()}
-    return write_and_report(run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary)
+    return write_and_report(
+        run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary, hint=hooks.collapse_hint()
+    )
 
 
 def _resolve(config: MethodConfig, source: dict[str, Any]) -> tuple[MethodConfig, DataConfig]:
@@ -138,8 +177,13 @@ def write_and_report(
     *,
     errors: dict[str, dict[str, float]],
     method_summary: dict[str, Any] | None = None,
+    hint: str = Method.collapse_hint(),
 ) -> dict[str, Any]:
-    """Quantized checkpoint -> model.wsz -> decode -> evaluate the decoded model -> report.json."""
+    """Quantized checkpoint -> model.wsz -> decode -> evaluate the decoded model -> report.json.
+
+    The report's ``warnings`` say when the result collapsed or lost much in the hard assignment (then with
+    ``hint``, what usually helps); the files are written all the same, to be inspected.
+    """
     from weightshare.codec import load_compressed, save_compressed
     from weightshare.core.quantized import save_quantized
 
@@ -151,8 +195,48 @@ def write_and_report(
     errors = {**errors, "decoded": evaluate_model(net, data)}
     report = build_report(run, errors=errors, written_bytes=nbytes)
     report["method_summary"] = method_summary or {}
+    report["warnings"] = result_warnings(report, data.num_classes, hint)
     write_report(run, report)
     return report
+
+
+CHANCE_MARGIN = 5.0
+"""A decoded test error within this many points of chance, 100 (1 - 1/classes), counts as collapsed."""
+
+GAP_FACTOR, GAP_POINTS = 2.0, 2.0
+"""The decoded error is "far above" the retrained one when more than ``GAP_FACTOR`` times it and
+more than ``GAP_POINTS`` points above it (both: 0.5% -> 1.2% is noise, 60% -> 64% is not the assignment's doing)."""
+
+
+def result_warnings(report: dict[str, Any], num_classes: int, hint: str) -> list[dict[str, str]]:
+    """What is wrong with a compression result, as ``{"kind", "message"}``: ``collapsed`` (every covered weight
+    is zero, or the decoded model is at chance level) or ``assignment_gap`` (the decoded error is far above the
+    retrained one).
+
+    >>> report = {"totals": {"weights": 10, "nnz": 0}, "errors": {"retrained": {"test_error": 2.0},
+    ...           "decoded": {"test_error": 88.0}}}
+    >>> [w["kind"] for w in result_warnings(report, 10, "retrain longer")]
+    ['collapsed', 'collapsed', 'assignment_gap']
+    """
+    out = []
+    if report["totals"]["weights"] and report["totals"]["nnz"] == 0:
+        message = f"the result collapsed: every one of the {report['totals']['weights']:,} covered weights is zero"
+        out.append({"kind": "collapsed", "message": message})
+    decoded = report["errors"]["decoded"]["test_error"]
+    chance = 100.0 * (1 - 1 / num_classes)
+    if decoded >= chance - CHANCE_MARGIN:
+        message = f"the result collapsed: its decoded test error {decoded:.2f}% is at chance level"
+        out.append({"kind": "collapsed", "message": f"{message} ({chance:.0f}% for {num_classes} classes)"})
+    retrained = report["errors"].get("retrained", {}).get("test_error")
+    if retrained is not None and decoded > GAP_FACTOR * retrained and decoded > retrained + GAP_POINTS:
+        message = f"the decoded test error {decoded:.2f}% is far above the retrained {retrained:.2f}%: {hint}"
+        out.append({"kind": "assignment_gap", "message": message})
+    return out
+
+
+def collapsed(report: dict[str, Any]) -> bool:
+    """Whether a compression report says its result collapsed (see :func:`result_warnings`)."""
+    return any(w["kind"] == "collapsed" for w in report.get("warnings", []))
 
 
 class _FrameRecorder:

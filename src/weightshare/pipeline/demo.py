@@ -45,6 +45,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", progress: bool = True) -> dic
     print(f"[2/3] soft weight-sharing retraining ({config.train.epochs} epochs) -> {root / 'sws'}")
     report = compress(root / "pretrain", config, root / "sws", progress=progress, record_frames=True, data=data)
     print(format_summary(report))
+    for warning in report["warnings"]:  # a demo that collapsed says so rather than quote a compression rate
+        print(f"warning: {warning['message']}")
     _figures(root / "sws")
     return report
 

@@ -7,6 +7,7 @@ experiments. Compression stages live in :mod:`weightshare.pipeline.compress`.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,15 @@ from weightshare.core.io import load_tensors, save_tensors, write_json
 from weightshare.core.settings import validate
 from weightshare.data.config import DataConfig
 from weightshare.data.datasets import DataBundle, load_data
+from weightshare.methods.base import AT_LEAST_ONE_EPOCH
 from weightshare.models.architectures import build_model
+from weightshare.pipeline.rundirs import check_new, interruptible, open_run, recorded
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import PRETRAINED, RESULT
 from weightshare.train.config import TrainConfig
 from weightshare.train.loop import evaluate, fit
 
-__all__ = ["pretrain", "load_run_model", "set_threads", "data_config_of"]
+__all__ = ["pretrain", "load_run_model", "open_pretrain_run", "open_source_run", "set_threads", "data_config_of"]
 
 
 def set_threads(threads: int) -> None:
@@ -48,27 +51,41 @@ def pretrain(
     weights ``model.safetensors``.
     """
     validate(data_cfg)
-    validate(train_cfg)
+    validate(train_cfg, AT_LEAST_ONE_EPOCH)  # zero epochs would "pretrain" a random network
     set_threads(train_cfg.threads)
     config = {"command": "pretrain", "data": asdict(data_cfg), "train": asdict(train_cfg)}
-    run = RunDir.open(out, write=True) if resume else RunDir.create(out, config)
+    if resume:
+        run = open_pretrain_run(out, write=True)
+    else:
+        check_new(out)
+        run = RunDir.create(out, config)
+    with interruptible(run, "pretrain", train_cfg.epochs):
+        return _train(run, data_cfg, train_cfg, resume=resume, progress=progress, data=data)
+
+
+def _train(
+    run: RunDir, data_cfg: DataConfig, train_cfg: TrainConfig, *, resume: bool, progress: bool, data: DataBundle | None
+) -> dict[str, Any]:
+    """The training of :func:`pretrain` in its run directory, then the final weights and errors."""
     data = data or load_data(data_cfg)
     torch.manual_seed(train_cfg.seed)
     model = build_model(train_cfg.model, data.num_classes)
-    fit(
-        model,
-        data,
-        train_cfg,
-        run=run,
-        phase="pretrain",
-        resume=resume,
-        batch_size=data_cfg.batch_size,
-        progress=progress,
-    )
+    fit(model, data, train_cfg, run=run, phase="pretrain", resume=resume,
+        batch_size=data_cfg.batch_size, progress=progress)  # fmt: skip
     save_tensors(run.path_of(PRETRAINED), model.state_dict())
     final = {"val_error": evaluate(model, data.val)["error"], "test_error": evaluate(model, data.test)["error"]}
     write_json(run.path_of(RESULT), {**final, "epochs": train_cfg.epochs, "model": train_cfg.model})
     return final
+
+
+def open_pretrain_run(out: str | os.PathLike, *, write: bool = False) -> RunDir:
+    """The pretraining run in ``out`` to continue; a run another command made is refused."""
+    return open_run(out, "pretrain", why="pretrain --resume continues a run made by weightshare pretrain", write=write)
+
+
+def open_source_run(path: str | os.PathLike) -> RunDir:
+    """A run to start from (``compress --from``, ``sensitivity``); a run another command made is refused."""
+    return open_run(path, "pretrain", why="compress and sensitivity start from a model made by weightshare pretrain")
 
 
 def data_config_of(run: RunDir) -> DataConfig:
@@ -78,15 +95,16 @@ def data_config_of(run: RunDir) -> DataConfig:
 
 def load_run_model(source: str | os.PathLike, num_classes: int | None = None) -> tuple[nn.Module, RunDir]:
     """The final model of a run directory (``model.safetensors`` + ``config.json``)."""
-    run = RunDir.open(source)
-    cfg = run.config
-    model_name = cfg.get("train", {}).get("model") or cfg.get("model")
-    if model_name is None:
-        raise RunDirError(f"{run.file('config.json')}: no model name recorded")
-    classes = num_classes or cfg.get("num_classes") or (100 if cfg["data"]["dataset"] == "cifar100" else 10)
+    run = open_source_run(source)
+    model_name = recorded(run, "train", "model")
+    dataset = recorded(run, "data", "dataset")
+    classes = num_classes or run.config.get("num_classes") or (100 if dataset == "cifar100" else 10)
     model = build_model(model_name, classes)
     weights = Path(run.path_of(PRETRAINED))
     if not weights.is_file():
-        raise RunDirError(f"{weights} does not exist: the run in {run.path} has not finished")
+        raise RunDirError(
+            f"{weights} does not exist: the run in {run.path} has not finished; "
+            f"continue it with weightshare pretrain --out {shlex.quote(str(run.path))} --resume"
+        )
     model.load_state_dict(load_tensors(weights))
     return model, run

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from weightshare.core.settings import setting
+from weightshare.core.settings import section, setting
 from weightshare.methods.admm.quant import MAX_BITS
-from weightshare.methods.base import MethodConfig
+from weightshare.methods.base import AT_LEAST_ONE_EPOCH, MethodConfig
+from weightshare.train.config import TrainConfig
 from weightshare.train.presets import Preset
 
 __all__ = ["AdmmConfig", "ADMM_PRESETS"]
@@ -61,6 +62,7 @@ class AdmmConfig(MethodConfig):
     finetune_refresh: int = setting(20, "fine-tuning: codebook refreshes (5 k-means steps) per epoch", ge=1)
     kmeans_iter: int = setting(100, "at most this many Lloyd iterations per layer", ge=1)
     cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    train: TrainConfig = section(TrainConfig, bounds=AT_LEAST_ONE_EPOCH)  # the projections happen while training
 
     def check(self) -> None:
         if self.bwlb > math.floor(self.bit_budget):

@@ -6,8 +6,9 @@ import dataclasses
 
 from weightshare.core.settings import section, setting
 from weightshare.finish.config import FinishConfig
-from weightshare.methods.base import MethodConfig
+from weightshare.methods.base import AT_LEAST_ONE_EPOCH, MethodConfig
 from weightshare.methods.sws.prior import MixtureConfig
+from weightshare.train.config import TrainConfig
 from weightshare.train.presets import Preset
 
 __all__ = ["SWSConfig", "SWS_PRESETS"]
@@ -74,7 +75,8 @@ class SWSConfig(MethodConfig, MixtureConfig):
     description = "soft weight-sharing (Ullrich, Meeds & Welling 2017)"
     presets = SWS_PRESETS
 
-    tau: float = setting(5e-3, "weight of the complexity loss: loss = CE + tau/N * L_C", ge=0)
+    # tau = 0 leaves the mixture untrained: every weight would be assigned to a component it never met.
+    tau: float = setting(5e-3, "weight of the complexity loss: loss = CE + tau/N * L_C", gt=0)
     tau_warmup_epochs: int = setting(0, "linear warm-up of tau over the first epochs", ge=0)
     lr_w: float = setting(5e-4, "Adam learning rate of the network weights", gt=0)
     lr_means: float = setting(1e-4, "Adam learning rate of the mixture means", ge=0)
@@ -87,6 +89,7 @@ class SWSConfig(MethodConfig, MixtureConfig):
         "map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)", choices=("map", "ml")
     )
     quant_skip_last: bool = setting(False, "leave the last covered layer dense (float32)")
+    train: TrainConfig = section(TrainConfig, bounds=AT_LEAST_ONE_EPOCH)
     finish: FinishConfig = section(FinishConfig, remove_dead=True)
 
     def check(self) -> None:

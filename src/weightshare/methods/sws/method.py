@@ -161,6 +161,13 @@ class SoftWeightSharing(Method):
 
         return MixtureFigures(final=MIXTURE_FINAL, epochs=MIXTURE_EPOCHS).specs()
 
+    @classmethod
+    def collapse_hint(cls) -> str:
+        return (
+            "the weights have not settled on the mixture components; retrain longer (--epochs), "
+            "raise --tau, or start from a better pretrained model"
+        )
+
     def divergence_hint(self) -> str:
         return (
             "Likely cause: mixture collapse (a component's variance went to 0); keep the Gamma hyper-priors on, "
