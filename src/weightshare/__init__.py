@@ -6,7 +6,15 @@ pretrain (or load) -> retrain with a method -> QuantizedModel -> .wsz file -> de
 from weightshare.codec import check_compatible, decode, encode, load_compressed, save_compressed
 from weightshare.codec.inspect import file_rates, format_inspect, inspect
 from weightshare.core.coverage import covered_parameters
-from weightshare.core.errors import ConfigError, DataError, FormatError, TrainingDiverged
+from weightshare.core.errors import (
+    ConfigError,
+    DataError,
+    FormatError,
+    MismatchError,
+    RunDirError,
+    RunInterrupted,
+    TrainingDiverged,
+)
 from weightshare.core.kmeans import kmeans1d
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor, load_quantized, save_quantized
 from weightshare.core.version import __version__
@@ -38,6 +46,9 @@ from weightshare.train.hooks import TrainContext
 from weightshare.train.loop import evaluate, evaluate_model, fit
 
 __all__ = [
+    "MismatchError",
+    "RunDirError",
+    "RunInterrupted",
     "ADMM",
     "DeepCompression",
     "ProbabilisticWeightFixing",

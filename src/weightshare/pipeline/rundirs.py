@@ -16,7 +16,7 @@ from typing import Any
 from weightshare.core.errors import MismatchError, RunDirError, RunInterrupted
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import COMPRESSED, CONFIG, PRETRAINED
-from weightshare.train.checkpoint import has_checkpoint
+from weightshare.train.checkpoint import checkpointed_epochs, has_checkpoint
 
 __all__ = ["check_new", "describe", "interruptible", "open_run", "recorded", "run_kind"]
 
@@ -83,10 +83,11 @@ def check_new(path: str | os.PathLike) -> None:
 
 
 def _epochs_done(run: RunDir, phase: str) -> int:
-    """Finished epochs of ``phase``: its rows in metrics.csv (written just before each checkpoint)."""
-    if not has_checkpoint(run):
+    """Finished epochs of ``phase`` that a resume keeps: those in the checkpoint (not metrics.csv, written first)."""
+    try:
+        return checkpointed_epochs(run, phase)
+    except RunDirError:  # a checkpoint being replaced or broken: a resume will say what is wrong with it
         return 0
-    return sum(1 for row in run.read_metrics() if row.get("phase") == phase)
 
 
 @contextmanager

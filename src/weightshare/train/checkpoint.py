@@ -25,7 +25,14 @@ from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import CHECKPOINTS
 from weightshare.train.hooks import TrainingHooks
 
-__all__ = ["CHECKPOINT_NAME", "Checkpoint", "save_checkpoint", "load_checkpoint", "has_checkpoint"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "Checkpoint",
+    "checkpointed_epochs",
+    "has_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT_NAME = "last.safetensors"
 _FORMAT, _VERSION = "weightshare.checkpoint", "2"
@@ -37,6 +44,14 @@ class Checkpoint(dict):
 
 def has_checkpoint(run: RunDir) -> bool:
     return run.path_of(CHECKPOINTS, CHECKPOINT_NAME).is_file()
+
+
+def checkpointed_epochs(run: RunDir, phase: str) -> int:
+    """How many epochs of ``phase`` the run's checkpoint holds (0 without one), read from its header only."""
+    if not has_checkpoint(run):
+        return 0
+    meta, _ = _read(run.path_of(CHECKPOINTS, CHECKPOINT_NAME), header_only=True)
+    return int(meta["epoch"]) + 1 if meta.get("phase") == phase else 0
 
 
 def save_checkpoint(
@@ -98,10 +113,12 @@ def load_checkpoint(
     return Checkpoint(epoch=int(meta["epoch"]), history=list(json.loads(meta["history"])))
 
 
-def _read(path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def _read(path, header_only: bool = False) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
+            if header_only:
+                return meta, {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as exc:
         raise RunDirError(f"{path} is not a readable checkpoint ({exc}); remove it to start the run over") from None
