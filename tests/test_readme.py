@@ -13,8 +13,9 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     assert blocks, "README has no python example"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
+    wsz = tmp_path / "digits.wsz"  # not the README's shared /tmp path: a concurrent run could overwrite it
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
+        exec(compile(block.replace('"/tmp/digits.wsz"', repr(str(wsz))), str(README), "exec"), namespace)
     printed = capsys.readouterr().out
     assert "bytes" in printed
     qmodel = namespace["qmodel"]
@@ -23,7 +24,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     assert qmodel.unique_values() <= 17
     # The file round trip is lossless: the model loaded from it holds exactly the quantized weights
     # (codebook values at the indices, the dense tensors as they were), tensor by tensor.
-    assert namespace["nbytes"] == Path("/tmp/digits.wsz").stat().st_size
+    assert namespace["nbytes"] == wsz.stat().st_size
     expected, restored = qmodel.to_state_dict(), namespace["restored"].state_dict()
     assert restored.keys() == expected.keys()
     for name, tensor in restored.items():
