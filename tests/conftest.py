@@ -128,6 +128,16 @@ def sws_quick() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def pretrained_digits(tmp_path_factory):
+    """``weightshare pretrain --preset digits --epochs 12``: the run Deep Compression and PWFN start from."""
+    from weightshare.cli import main
+
+    out = tmp_path_factory.mktemp("methods") / "A"
+    assert main(["pretrain", "--preset", "digits", "--out", str(out), "--epochs", "12", "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def pretrained(tmp_path_factory):
     """``weightshare pretrain --preset digits --epochs 6``: a pretraining run directory."""
     from weightshare.cli import main

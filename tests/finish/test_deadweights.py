@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from weightshare.core.quantized import QuantizedModel
@@ -245,3 +246,121 @@ def test_module_ops_and_flatten_columns() -> None:
     assert torch.equal(cleaned.dense["4.bias"], q.dense["4.bias"])
     x = torch.randn(4, 1, 8, 8, generator=gen)
     assert torch.allclose(logits(cleaned, net(), x), logits(q, net(), x), atol=1e-6)
+
+
+# --- constant units: every input weight zero, the bias alone reaches the next layer -------------------
+#
+# The logits are compared in float64 after the cleanup. Where no constant is folded (a zero constant, or
+# ReLU of a non-positive bias) the removed weights multiplied an exact 0, so the logits must be identical
+# (torch.equal). Where one is folded, the sum is reordered (w * c moves from B's product into B's bias)
+# and the new bias is rounded once to float32 (<= 6e-8 relative), so they agree to ~1e-7: 1e-6 is the
+# bound, while a lost constant (|c| >= 0.3 times a weight of 0.5 here) changes a logit by >= 0.15.
+CONSTANTS = {"negative": -0.4, "zero": 0.0, "positive": 0.3}
+
+
+def assert_same_logits(cleaned: QuantizedModel, q: QuantizedModel, net: nn.Module, x: torch.Tensor, exact: bool):
+    got, want = logits(cleaned, net, x), logits(q, net, x)
+    if exact:
+        assert torch.equal(got, want)
+    else:
+        assert float((got - want).abs().max()) <= 1e-6 * max(1.0, float(want.abs().max()))
+
+
+class LinearPair(nn.Module):
+    def __init__(self, relu: bool) -> None:
+        super().__init__()
+        self.relu = relu
+        self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(torch.relu(h) if self.relu else h)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+@pytest.mark.parametrize("constant", CONSTANTS.values(), ids=CONSTANTS.keys())
+def test_linear_constant_unit_is_folded_exactly(relu: bool, constant: float) -> None:
+    gen = torch.Generator().manual_seed(10)
+    idx = {
+        "fc1.weight": torch.randint(1, 3, (4, 3), generator=gen),
+        "fc2.weight": torch.randint(1, 3, (2, 4), generator=gen),
+    }
+    idx["fc1.weight"][1] = 0  # unit 1 has no input: it outputs f(bias_1), f = ReLU or the identity
+    bias = {"fc1.bias": [0.2, constant, -0.1, 0.5], "fc2.bias": [0.05, -0.05]}
+    q = quantize(LinearPair(relu), idx, bias)
+    cleaned, removed = remove_dead_weights(LinearPair(relu), q, torch.zeros(1, 3))
+
+    # By hand: the 2 weights of fc2 reading unit 1 go (folded or multiplying 0); nothing else is dead.
+    assert removed == {"fc1.weight": 0, "fc2.weight": 2}
+    assert cleaned.quantized["fc2.weight"].indices[:, 1].eq(0).all()
+    value = max(constant, 0.0) if relu else constant
+    w2 = q.to_state_dict()["fc2.weight"]
+    expected = q.dense["fc2.bias"].double() + value * w2[:, 1].double()
+    assert torch.allclose(cleaned.dense["fc2.bias"].double(), expected, rtol=0, atol=1e-7)
+    assert torch.equal(cleaned.dense["fc1.bias"], q.dense["fc1.bias"])
+    x = torch.randn(64, 3, generator=gen)
+    assert_same_logits(cleaned, q, LinearPair(relu), x, exact=value == 0)
+
+
+class ConvPair(nn.Module):
+    """conv1 -> chain -> conv2 -> linear head; the chain uses functional ops, as LeNet-5 does."""
+
+    def __init__(self, chain: str) -> None:
+        super().__init__()
+        self.chain = chain
+        self.conv1, self.conv2, self.fc = nn.Conv2d(2, 3, 3), nn.Conv2d(3, 2, 3), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        if "pool" in self.chain:
+            h = F.max_pool2d(h, 2)
+        if "relu" in self.chain:
+            h = torch.relu(h)
+        return self.fc(self.conv2(h).flatten(1))
+
+
+@pytest.mark.parametrize("chain", ["none", "relu", "pool", "pool+relu"])
+@pytest.mark.parametrize("constant", CONSTANTS.values(), ids=CONSTANTS.keys())
+def test_conv_constant_channel_is_folded_exactly(chain: str, constant: float) -> None:
+    # 10x10 input -> conv1 8x8 -> pool 4x4 -> conv2 2x2, or 6x6 -> conv1 4x4 -> conv2 2x2: fc reads 2 x 2 x 2 = 8.
+    net = ConvPair(chain)
+    size = 10 if "pool" in chain else 6
+    gen = torch.Generator().manual_seed(11)
+    idx = {
+        "conv1.weight": torch.randint(1, 3, (3, 2, 3, 3), generator=gen),
+        "conv2.weight": torch.randint(1, 3, (2, 3, 3, 3), generator=gen),
+        "fc.weight": torch.randint(1, 3, (3, 8), generator=gen),
+    }
+    idx["conv1.weight"][2] = 0  # channel 2 has no input: a constant map f(bias_2)
+    bias = {"conv1.bias": [0.1, -0.2, constant], "conv2.bias": [0.3, -0.1], "fc.bias": [0.0, 0.1, -0.1]}
+    q = quantize(net, idx, bias)
+    cleaned, removed = remove_dead_weights(net, q, torch.zeros(1, 2, size, size))
+
+    # By hand: conv2's 2 x 3 x 3 taps on channel 2 go, constant folded into conv2.bias (no padding).
+    assert removed == {"conv1.weight": 0, "conv2.weight": 18, "fc.weight": 0}
+    assert cleaned.quantized["conv2.weight"].indices[:, 2].eq(0).all()
+    value = max(constant, 0.0) if "relu" in chain else constant  # max-pooling keeps a constant map
+    w2 = q.to_state_dict()["conv2.weight"]
+    expected = q.dense["conv2.bias"].double() + value * w2[:, 2].double().sum((1, 2))
+    assert torch.allclose(cleaned.dense["conv2.bias"].double(), expected, rtol=0, atol=1e-6)
+    x = torch.randn(16, 2, size, size, generator=gen)
+    assert_same_logits(cleaned, q, net, x, exact=value == 0)
+
+
+def test_lenet5_negative_constant_conv1_channel() -> None:
+    # LeNet-5-Caffe has no ReLU after conv1: a conv1 channel without input carries its (negative) bias,
+    # max-pooled unchanged, into conv2. Dropping conv2's taps without folding -0.3 would change the logits.
+    gen = torch.Generator().manual_seed(12)
+    shapes = {"conv1": (20, 1, 5, 5), "conv2": (50, 20, 5, 5), "fc1": (500, 800), "fc2": (10, 500)}
+    idx = {f"{k}.weight": torch.randint(1, 3, s, generator=gen) for k, s in shapes.items()}
+    bias = {f"{k}.bias": 0.1 * torch.randn(s[0], generator=gen) for k, s in shapes.items()}
+    idx["conv1.weight"][4], bias["conv1.bias"][4] = 0, -0.3
+    q = quantize(LeNet5(), idx, bias)
+    cleaned, removed = remove_dead_weights(LeNet5(), q, torch.zeros(1, 1, 28, 28))
+
+    assert removed == {"conv1.weight": 0, "conv2.weight": 50 * 25, "fc1.weight": 0, "fc2.weight": 0}
+    w2 = q.to_state_dict()["conv2.weight"]
+    expected = q.dense["conv2.bias"].double() - 0.3 * w2[:, 4].double().sum((1, 2))
+    assert torch.allclose(cleaned.dense["conv2.bias"].double(), expected, rtol=0, atol=1e-6)
+    x = torch.rand(8, 1, 28, 28, generator=gen)
+    assert_same_logits(cleaned, q, LeNet5(), x, exact=False)

@@ -98,7 +98,7 @@ def compress(
 def open_compress_run(out: str | os.PathLike, method: str | None = None) -> RunDir:
     """The compression run in ``out`` to continue; refused if another command, or a method other than
     ``method`` (when given), made it, or if it records a method this version does not know."""
-    run = open_run(out, "compress", why="compress --resume continues a run made by weightshare compress")
+    run = open_run(out, "compress", why="compress --resume continues a run made by weightshare compress", resuming=True)
     stored = recorded_method(run).method
     if method is not None and stored != method:
         raise MismatchError(

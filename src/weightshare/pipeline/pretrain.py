@@ -80,7 +80,8 @@ def _train(
 
 def open_pretrain_run(out: str | os.PathLike, *, write: bool = False) -> RunDir:
     """The pretraining run in ``out`` to continue; a run another command made is refused."""
-    return open_run(out, "pretrain", why="pretrain --resume continues a run made by weightshare pretrain", write=write)
+    why = "pretrain --resume continues a run made by weightshare pretrain"
+    return open_run(out, "pretrain", why=why, write=write, resuming=True)
 
 
 def open_source_run(path: str | os.PathLike) -> RunDir:

@@ -15,6 +15,7 @@ from typing import Any
 
 from weightshare.core.errors import MismatchError, RunDirError, RunInterrupted
 from weightshare.runs.rundir import RunDir
+from weightshare.runs.rundir import leftover as _leftover
 from weightshare.runs.schema import COMPRESSED, CONFIG, PRETRAINED
 from weightshare.train.checkpoint import checkpointed_epochs, has_checkpoint
 
@@ -42,13 +43,17 @@ def describe(config: dict[str, Any]) -> str:
     return f"a {kind} run" + (f" ({config['method']})" if kind == "compress" and "method" in config else "")
 
 
-def open_run(path: str | os.PathLike, kind: str | None = None, *, why: str = "", write: bool = False) -> RunDir:
+def open_run(
+    path: str | os.PathLike, kind: str | None = None, *, why: str = "", write: bool = False, resuming: bool = False
+) -> RunDir:
     """The run directory ``path``, refused unless it exists and (if ``kind`` is given) was made by that command.
 
     ``why`` ends the refusal, saying what needs that kind (e.g. ``compress starts from a pretrained model``).
     """
     if not (Path(path) / CONFIG.path).is_file():
         expected = f"; expected a run directory made by weightshare {kind}" if kind else ""
+        if resuming and Path(path).is_dir() and all(_leftover(p) for p in Path(path).iterdir()):
+            expected = "; it was stopped before writing anything: run the command again without --resume"
         raise RunDirError(f"{path} is not a run directory (no {CONFIG.path}){expected}")
     run = RunDir.open(path, write=write)
     found = run_kind(run.config)

@@ -71,6 +71,11 @@ _LOCK = ".lock"
 _CLAIMED: dict[str, Any] = {}  # run directories this process writes into -> their open, locked .lock file
 
 
+def leftover(path: Path) -> bool:
+    """What a run killed before writing anything leaves: the lock, or a temporary file of an atomic write."""
+    return path.name == _LOCK or (path.name.startswith(".") and path.name.endswith(".tmp"))
+
+
 @atexit.register
 def _release_all() -> None:
     for handle in _CLAIMED.values():
@@ -88,7 +93,7 @@ class RunDir:
     def check_new(path: str | os.PathLike) -> None:
         """Refuse a non-empty directory (call early, before any slow work)."""
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and any(not leftover(p) for p in path.iterdir()):
             raise RunDirError(
                 f"run directory {path} already exists and is not empty; choose another --out, "
                 "remove it, or pass --resume to continue that run"
@@ -140,6 +145,9 @@ class RunDir:
         handle.write(str(os.getpid()))
         handle.flush()
         _CLAIMED[key] = handle
+        # Temporary files of a writer that was killed mid-write (the lock says none is writing now).
+        for stale in self.path.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Give up the claim of :meth:`claim` (also happens when the process ends)."""

@@ -288,6 +288,7 @@ def test_cli_compress_admm_end_to_end(pretrained_run, tmp_path, cli_compress):
     report = cli_compress("admm", pretrained_run, out)
     config = json.loads((out / "config.json").read_text())
     assert config["admm"]["nnz_budget"] == 0.1 and config["train"]["optimizer"] == "sgd"  # from the preset
+    assert report["totals"]["nonzero_fraction"] <= 0.13  # measured over seeds 0-5: 10.9-11.4 %
     budget = model_size_budget([8192, 8192, 640], 0.1, 3)
     assert report["values_only_cr"]["cr"] >= 32 * 17024 / budget
     assert report["file"]["cr_all"] < report["values_only_cr"]["cr"]  # positions and codebooks cost

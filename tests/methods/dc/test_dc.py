@@ -3,7 +3,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightshare.cli import main
 from weightshare.core.errors import ConfigError
 from weightshare.core.kmeans import kmeans1d
 from weightshare.core.settings import validate
@@ -238,19 +237,13 @@ def test_resume_equals_uninterrupted(digits, resume_check, stop_after):
     assert all(torch.equal(a, b) for a, b in zip(qa.codebooks, qb.codebooks, strict=True))
 
 
-@pytest.fixture(scope="module")
-def pretrained_digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dc") / "A"
-    assert main(["pretrain", "--preset", "digits", "--out", str(out), "--epochs", "12", "--quiet"]) == 0
-    return out
-
-
 def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
     out = tmp_path / "B"
     report = cli_compress("dc", pretrained_digits, out)
     # the weights were already C[I] when training stopped: decoding the file changes nothing
     assert report["errors"]["decoded"] == report["errors"]["retrained"]
     assert report["totals"]["nonzero_fraction"] == pytest.approx(0.3, abs=0.002)
+    assert report["errors"]["decoded"]["test_error"] <= 8.0  # measured over seeds 0-5: 2.2-4.4 %
     assert max(layer["unique"] for layer in report["layers"]) <= 2**4 + 1
     metrics = (out / "metrics.csv").read_text().splitlines()
     assert "sparsity" in metrics[0] and sum(line.startswith("retrain") for line in metrics) == 12

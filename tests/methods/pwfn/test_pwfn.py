@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weightshare.cli import main
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import load_quantized
 from weightshare.core.settings import validate
@@ -226,17 +225,11 @@ def test_resume_equals_uninterrupted(digits, resume_check):
     assert torch.equal(qa.codebooks[0], qb.codebooks[0])
 
 
-@pytest.fixture(scope="module")
-def pretrained_digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pwfn") / "A"
-    assert main(["pretrain", "--preset", "digits", "--out", str(out), "--epochs", "12", "--quiet"]) == 0
-    return out
-
-
 def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
     out = tmp_path / "B"
     report = cli_compress("pwfn", pretrained_digits, out)
     assert report["errors"]["decoded"] == report["errors"]["retrained"]  # every weight was already on a centre
+    assert report["totals"]["nonzero_fraction"] >= 0.95  # powers of two, none of them zero here: 1.0 for seeds 0-5
     assert report["coverage"]["dense"] == ["net.0.bias", "net.2.bias", "net.4.bias"]
     q = load_quantized(out / "quantized.safetensors")
     assert len(q.codebooks) == 1 and report["totals"]["unique_values"] == q.unique_values()

@@ -27,8 +27,8 @@ is estimated a posteriori from the node tables (:func:`_cell_error`); a cell who
 1 / sigma_min for f' -- is *flagged*, and the weights in flagged cells are evaluated exactly
 (float64) instead. Hence every per-weight quantity errs by <= tol in those units and each sum over
 N weights by <= N tol, up to the accuracy of the estimate, plus float32 rounding of the weights'
-cell positions (the same order as rounding the weights themselves). tests/test_mixture_grid.py
-checks the result against the float64 exact reference.
+cell positions (the same order as rounding the weights themselves). tests/methods/sws/kernels/test_grid.py
+checks the result against the float64 exact reference, weight by weight in the cells that are not flagged.
 
 If G would exceed ``max_cells`` (a component absurdly narrow relative to the weight range) or a
 weight is not finite, the exact kernel is used for that step.
