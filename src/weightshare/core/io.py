@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,23 +24,18 @@ from weightshare.core.errors import RunDirError
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "save_tensors", "load_tensors"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
 
-    The file gets the permissions any new file would (0666 less the umask), not the
-    private 0600 of the temporary file it is written through.
+    The temporary file is created with mode 0666, so the kernel applies the umask and the
+    file gets the permissions any new file would (``tempfile.mkstemp`` would make it 0600;
+    reading the umask to correct that means setting it, which races with other threads).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

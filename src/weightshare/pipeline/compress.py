@@ -245,11 +245,15 @@ class _FrameRecorder:
     def __init__(self, run: RunDir, method: Method, sample: int = 20000) -> None:
         self.run = run
         self.covered = method.covered_tensors()
-        flat = torch.cat([p.detach().reshape(-1) for p in self.covered.values()]) if self.covered else torch.empty(0)
         gen = torch.Generator().manual_seed(0)
-        self.index = torch.randperm(flat.numel(), generator=gen)[:sample].sort().values
-        save_tensors(run.path_of(FRAMES, "epoch_0000.safetensors"), {"w": flat[self.index]})
+        self.index = torch.randperm(self._flat().numel(), generator=gen)[:sample].sort().values
+        self(-1)  # epoch 0: the pretrained weights
 
-    def __call__(self, epoch: int, model: torch.nn.Module) -> None:
-        flat = torch.cat([p.detach().reshape(-1) for p in self.covered.values()])
-        save_tensors(self.run.path_of(FRAMES, f"epoch_{epoch + 1:04d}.safetensors"), {"w": flat[self.index]})
+    def _flat(self) -> torch.Tensor:
+        if not self.covered:
+            return torch.empty(0)
+        return torch.cat([p.detach().reshape(-1) for p in self.covered.values()])
+
+    def __call__(self, epoch: int, model: torch.nn.Module | None = None) -> None:
+        """Save the sample after (0-based) ``epoch``."""
+        save_tensors(self.run.path_of(FRAMES, f"epoch_{epoch + 1:04d}.safetensors"), {"w": self._flat()[self.index]})
