@@ -13,7 +13,7 @@ __all__ = ["DataConfig"]
 class DataConfig:
     """Which data set, where it lives and how it is fed."""
 
-    dataset: str = setting("digits", "data set", choices=("digits", "mnist", "cifar10", "cifar100"))
+    dataset: str = setting("digits", "data set", choices=("digits", "mnist", "fashion-mnist", "cifar10", "cifar100"))
     data_dir: str | None = setting(None, "data directory (default: $WEIGHTSHARE_DATA, else the user cache)")
     normalize: str = setting(
         "pixels", "input scaling: pixels in [0,1] or per-channel mean/std", choices=("pixels", "standard")
