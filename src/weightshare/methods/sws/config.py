@@ -41,6 +41,12 @@ SWS_PRESETS: dict[str, Preset] = {
         "sws": {"tau": 5e-2, "lr_w": 1e-3},
         "finish": {"codebook_epochs": 3, "codebook_lr": 1e-3},
     },
+    # The small vision transformer (132,736 covered weights, MNIST or Fashion-MNIST): tau/N weighs the summed
+    # -log p(w) against the per-example likelihood, so with the same N (55k images) and weights of the same scale
+    # LeNet-300-100's tau = 3e-2 puts the same pressure on each weight; the weights at the pretraining rate (1e-3)
+    # with a cosine decay, as in the LeNet presets. 30 epochs (the tutorial's length, docs/methods.md#sws-defaults):
+    # a ViT epoch costs ~25 LeNet-300-100 epochs.
+    "vit": {"train": {"epochs": 30, "lr_schedule": "cosine"}, "sws": {"tau": 3e-2, "lr_w": 1e-3}},
     "wrn16_4": {
         "train": {"epochs": 40},
         "sws": {
