@@ -110,13 +110,15 @@ def test_every_method_compresses_the_transformer_into_a_file_that_decodes_to_it(
     """Each method's ``vit`` preset, shortened to one epoch: the class token, the position embedding and the
     LayerNorms travel dense and exact, every covered matrix comes back as its quantized values."""
     one_epoch = {"train": {"epochs": 1}, "dc": {"prune_rounds": 1, "prune_epochs": 1, "quant_epochs": 0},
-                 "pwfn": {"schedule": [0.5, 1.0], "first_epochs": 0, "rest_epochs": 1}}  # fmt: skip
+                 "pwfn": {"schedule": [0.5, 1.0], "first_epochs": 0, "rest_epochs": 1},
+                 "admm": {"finetune_epochs": 0}}  # fmt: skip
     config = CONFIGS[method].preset("vit")
     config = config.updated({k: v for k, v in one_epoch.items() if k in ("train", method)})
     model = build_model("vit")
     model.load_state_dict(pretrained_vit)
     torch.manual_seed(0)
     compressor = build_method(config, model, len(small_28px.train))
+    compressor.check_train(config.train)
     fit(model, small_28px, config.train, method=compressor, batch_size=64, progress=False)
     qmodel = compressor.finalize(model)
     assert set(qmodel.quantized) == set(covered_parameters(model))
