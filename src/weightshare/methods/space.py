@@ -5,7 +5,7 @@ A method's config lists them in ``search_space`` (settings by section, like a pr
 (:func:`space_from_toml`). Nothing here needs Optuna: the search stage turns a range into a distribution.
 
 Soft weight-sharing in particular is sensitive to tau and the learning rates (Ullrich et al. 2017, Sec. 4.1
-tuned 13 hyper-parameters by Bayesian optimisation), so its ranges are the widest (docs/methods.md#search).
+tuned 13 hyper-parameters by Bayesian optimisation), so its space has the most settings (docs/search.md#spaces).
 """
 
 from __future__ import annotations

@@ -5,8 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 from weightshare.core.settings import setting
+from weightshare.methods.base import MethodConfig
+from weightshare.methods.space import SearchRange
 
-__all__ = ["TuneConfig"]
+__all__ = ["FINISHED", "StudySpec", "TuneConfig"]
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+"""The states of an ended trial (what ``trials`` counts)."""
 
 
 @dataclasses.dataclass
@@ -38,3 +43,22 @@ class TuneConfig:
     def multi_objective(self) -> bool:
         """Error and bytes both minimised (no byte budget)."""
         return self.max_bytes is None
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySpec:
+    """Everything a worker needs to run trials of one study (picklable: workers are spawned processes)."""
+
+    source: str
+    config: MethodConfig
+    space: dict[str, dict[str, SearchRange]]
+    study_dir: str
+    settings: TuneConfig
+
+    @property
+    def study_name(self) -> str:
+        return self.settings.study_name or f"tune-{self.config.method}"
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize", "minimize"] if self.settings.multi_objective else ["minimize"]

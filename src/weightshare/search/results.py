@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from weightshare.core.io import atomic_write_text, write_json
-from weightshare.search.study import FINISHED, StudySpec
+from weightshare.search.config import FINISHED, StudySpec
 
 __all__ = ["pareto_rows", "trial_rows", "write_results", "recipe_toml"]
 

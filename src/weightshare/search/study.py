@@ -12,7 +12,6 @@ the same command again continues it (docs/search.md).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -34,7 +33,8 @@ from weightshare.methods.space import SearchRange, check_space, space_from_toml,
 from weightshare.pipeline.compress import collapsed, compress, resolve_recipe
 from weightshare.pipeline.pretrain import open_source_run
 from weightshare.runs.rundir import RunDir
-from weightshare.search.config import TuneConfig
+from weightshare.search.config import FINISHED, StudySpec, TuneConfig
+from weightshare.search.results import write_results
 
 __all__ = ["StudySpec", "TrialFailed", "open_storage", "prepare_study", "suggest", "tune", "finished_trials"]
 
@@ -46,25 +46,6 @@ POLL_SECONDS = 2.0
 
 class TrialFailed(RuntimeError):
     """A trial whose result is unusable (e.g. it collapsed): recorded as failed, the study goes on."""
-
-
-@dataclasses.dataclass(frozen=True)
-class StudySpec:
-    """Everything a worker needs to run trials of one study (picklable: workers are spawned processes)."""
-
-    source: str
-    config: MethodConfig
-    space: dict[str, dict[str, SearchRange]]
-    study_dir: str
-    settings: TuneConfig
-
-    @property
-    def study_name(self) -> str:
-        return self.settings.study_name or f"tune-{self.config.method}"
-
-    @property
-    def directions(self) -> list[str]:
-        return ["minimize", "minimize"] if self.settings.multi_objective else ["minimize"]
 
 
 def tune(
@@ -82,8 +63,6 @@ def tune(
     TOML recipe per Pareto trial into ``study_dir`` and returns the summary of :func:`write_results`, e.g.
     ``tune("runs/digits", SWSConfig.preset("digits"), "runs/study", TuneConfig(trials=8, workers=2))``.
     """
-    from weightshare.search.results import write_results
-
     spec = prepare_study(source, config, study_dir, settings or TuneConfig())
     run_workers(spec, progress=progress)
     return write_results(spec, load_study(spec))
@@ -202,9 +181,6 @@ def _pruner(spec: StudySpec) -> Any:
     if spec.settings.multi_objective or spec.settings.pruner == "none":
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, spec.config.train.epochs // 4))
-
-
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def finished_trials(study: Any) -> int:
