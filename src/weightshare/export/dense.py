@@ -33,7 +33,10 @@ def quantized_of(source: Source) -> QuantizedModel:
         return source
     if not os.path.isfile(source):
         raise FileNotFoundError(f"{source} does not exist")
-    return load_compressed(source)
+    try:
+        return load_compressed(source)
+    except FormatError as exc:
+        raise FormatError(f"{source}: {exc}") from None
 
 
 def check_fits(qmodel: QuantizedModel, model: nn.Module, source: Source) -> None:
