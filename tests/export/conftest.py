@@ -35,7 +35,7 @@ def nearest_codebook(model: nn.Module, sizes: list[int], meta: dict | None = Non
     covered = covered_parameters(model)
     weights = torch.cat([p.detach().reshape(-1) for p in covered.values()])
     codebooks, assignments, codebook_of = [], {}, {}
-    for i, size in enumerate(sizes):
+    for size in sizes:
         values = torch.linspace(float(weights.min()), float(weights.max()), size - 1)
         codebooks.append(torch.cat([torch.zeros(1), values[values != 0]])[:size])
     for layer, (name, param) in enumerate(covered.items()):

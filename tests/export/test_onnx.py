@@ -119,7 +119,10 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path, quantize):
     model = build_model("mlp")
     qmodel = quantize(model, [5])
     out = tmp_path / "m.onnx"
-    with pytest.raises(MismatchError, match=r"does not match the model LeNet300: net\.0\.weight: shape \(128, 64\) in the file, \(300, 784\)"):
+    with pytest.raises(
+        MismatchError,
+        match=r"does not match the model LeNet300: net\.0\.weight: shape \(128, 64\) in the file, \(300, 784\)",
+    ):
         export_onnx(qmodel, build_model("lenet300"), torch.zeros(1, 784), out)
     with pytest.raises(MismatchError, match=r"MLP does not take an input of shape \(1, 784\)"):
         export_onnx(qmodel, model, torch.zeros(1, 784), out)

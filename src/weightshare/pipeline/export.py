@@ -15,6 +15,7 @@ from typing import Any
 
 from weightshare.core.errors import ConfigError, DependencyError, MismatchError
 from weightshare.export import export_dense, export_onnx, export_safetensors, max_output_difference
+from weightshare.export.dense import quantized_of
 from weightshare.pipeline.evaluate import finished_file, open_checkpoint
 
 __all__ = ["FORMATS", "export_file"]
@@ -36,6 +37,7 @@ def _compressed_file(checkpoint: str | os.PathLike) -> Path:
 
 def _export_onnx(source: Path, out: Path, model_options: dict[str, Any]) -> dict[str, Any]:
     """The ONNX file, then onnxruntime's outputs against the decoded model's over the test set."""
+    quantized_of(source)  # a corrupt file is refused before any data set is loaded
     opened = open_checkpoint(source, **model_options)
     assert opened.weights is not None  # a .wsz file always decodes to its quantized model
     test = opened.data.test.x

@@ -31,7 +31,15 @@ from weightshare.report.accounting import (
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import COMPRESSED, QUANTIZED, REPORT, SUMMARY
 
-__all__ = ["FORMAT_NAMES", "PAPER_SCOPES", "build_report", "format_sizes", "write_report", "summary_row", "format_summary"]
+__all__ = [
+    "FORMAT_NAMES",
+    "PAPER_SCOPES",
+    "build_report",
+    "format_sizes",
+    "write_report",
+    "summary_row",
+    "format_summary",
+]
 
 # What each paper-style rate counts. The papers' |W| includes the biases (Ullrich et al. 2017, Table 1:
 # 267K / 431K for the LeNets; Han et al. 2016 divide the size of every float32 parameter), so whenever the
