@@ -220,14 +220,19 @@ def _infer_preset(args: argparse.Namespace) -> str | None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="test error of a run directory, a weights file or a .wsz file")
     p.add_argument("checkpoint", help="run directory, .safetensors weights, or .wsz compressed file")
+    _add_model_options(p)
+
+
+def _add_model_options(p: argparse.ArgumentParser, used_by: str = "") -> None:
+    """How ``evaluate`` (and ``export --format onnx``) find the architecture and the data of a file."""
     p.add_argument(
         "--model",
         choices=sorted(MODELS),
-        help="architecture (default: the run directory's, else the one a .wsz file records)",
+        help=f"{used_by}architecture (default: the run directory's, else the one a .wsz file records)",
     )
-    p.add_argument("--dataset", help="data set (needed for a weights or .wsz file outside a run directory)")
-    p.add_argument("--data-dir", help="data directory")
-    p.add_argument("--normalize", choices=("pixels", "standard"), help="input scaling (default: the run's)")
+    p.add_argument("--dataset", help=f"{used_by}data set (needed for a file outside a run directory)")
+    p.add_argument("--data-dir", help=f"{used_by}data directory")
+    p.add_argument("--normalize", choices=("pixels", "standard"), help=f"{used_by}input scaling (default: the run's)")
 
 
 @command("evaluate")
@@ -471,10 +476,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help=".wsz file or compression run directory")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx, safetensors (codebooks) or dense")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--model", choices=sorted(MODELS), help="onnx: architecture (default: as evaluate finds it)")
-    p.add_argument("--dataset", help="onnx: data set of the example input and the check (default: the run's)")
-    p.add_argument("--data-dir", help="onnx: data directory")
-    p.add_argument("--normalize", choices=("pixels", "standard"), help="onnx: input scaling (default: the run's)")
+    _add_model_options(p, used_by="onnx only: ")
 
 
 @command("export")
