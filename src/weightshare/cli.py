@@ -490,9 +490,10 @@ def _export(args: argparse.Namespace) -> int:
     )  # fmt: skip
     nbytes, wsz = result["bytes"], result["wsz_bytes"]
     print(f"{args.out}: {FORMAT_NAMES[args.format]}, {nbytes:,} bytes ({nbytes / wsz:.1f}x the .wsz file's {wsz:,})")
-    if result.get("max_difference") is not None:
-        print(f"onnxruntime vs the decoded PyTorch model on {result['checked_inputs']:,} test images: "
-              f"max |difference| {result['max_difference']:.2g}")  # fmt: skip
+    if result.get("difference"):
+        diff = result["difference"]
+        print(f"onnxruntime vs the decoded PyTorch model on {diff['inputs']:,} test images: largest difference "
+              f"{diff['absolute']:.2g}, {diff['relative']:.2g} of the largest output")  # fmt: skip
     elif args.format == "onnx":
         print("not checked: onnxruntime is not installed")
     return 0

@@ -10,13 +10,13 @@ from weightshare.codec import save_compressed
 from weightshare.core.errors import FormatError, MismatchError
 from weightshare.data.config import DataConfig
 from weightshare.data.datasets import load_data
-from weightshare.export.onnx import OPSET, export_onnx, index_type, max_output_difference
+from weightshare.export.onnx import OPSET, compare_outputs, export_onnx, index_type
 from weightshare.models.architectures import build_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-TOLERANCE = 1e-5  # docs/export.md: onnxruntime's outputs equal the decoded PyTorch model's within this
+TOLERANCE = 1e-5  # docs/export.md#onnx: onnxruntime's outputs equal the decoded PyTorch model's within this
 ELEMENT = onnx.TensorProto
 
 
@@ -68,7 +68,7 @@ def test_lenets_on_mnist(tmp_path, quantize, mnist_test):
         stored = {t.data_type for t in proto.graph.initializer if t.name.endswith(":indices")}
         assert {getattr(ELEMENT, kind) for kind in kinds} <= stored
         decoded = qmodel.load_into(build_model(name))
-        assert max_output_difference(path, decoded, mnist_test) <= TOLERANCE
+        assert compare_outputs(path, decoded, mnist_test).relative <= TOLERANCE
         if name == "lenet300":  # 4-bit indices: 266,200 weights at half a byte + 410 float32 biases + the graph
             assert path.stat().st_size < 0.5 * 266_200 + 4 * 410 + 2_000
 
@@ -81,7 +81,7 @@ def test_mlp_and_batchnorm_on_digits(tmp_path, quantize, digits, batchnorm_net):
         path, proto = _export(tmp_path, qmodel, model, inputs[:1])
         _check_graph(proto, qmodel)
         decoded = qmodel.load_into(type(model)() if model is batchnorm_net else build_model("mlp")).eval()
-        assert max_output_difference(path, decoded, inputs) <= TOLERANCE
+        assert compare_outputs(path, decoded, inputs).relative <= TOLERANCE
 
 
 def test_batchnorm_statistics_stay_ordinary_initializers(tmp_path, quantize, batchnorm_net):
@@ -112,7 +112,7 @@ def test_from_a_wsz_file_with_a_dynamic_batch(tmp_path, quantize, digits):
     export_onnx(tmp_path / "m.wsz", model, digits.test.x[:1], path)
     decoded = qmodel.load_into(build_model("mlp"))
     for batch in (1, 7, 360):  # traced with one image; any batch size runs
-        assert max_output_difference(path, decoded, digits.test.x[:batch], batch_size=batch) <= TOLERANCE
+        assert compare_outputs(path, decoded, digits.test.x[:batch], batch_size=batch).relative <= TOLERANCE
 
 
 def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path, quantize):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from weightshare.cli import main
 from weightshare.codec import load_compressed
-from weightshare.export import load_safetensors_layout, max_output_difference
+from weightshare.export import compare_outputs, load_safetensors_layout
 from weightshare.models.architectures import build_model
 from weightshare.pipeline.export import export_file
 
@@ -23,13 +23,14 @@ def test_onnx_from_a_run_checked_on_its_test_set(compressed, tmp_path, capsys, d
     printed = capsys.readouterr().out
     wsz = (run / "model.wsz").stat().st_size
     assert f"{out.stat().st_size:,} bytes" in printed and f"the .wsz file's {wsz:,}" in printed
-    assert "on 360 test images: max |difference|" in printed  # the digits test split
+    assert "on 360 test images: largest difference " in printed  # the digits test split
     decoded = load_compressed(run / "model.wsz").load_into(build_model("mlp"))
-    assert max_output_difference(out, decoded, digits.test.x) <= 1e-5
+    assert compare_outputs(out, decoded, digits.test.x).relative <= 1e-5
     # the run directory stands for its model.wsz; the figures are returned too
     result = export_file(run, "onnx", tmp_path / "again.onnx")
     assert (tmp_path / "again.onnx").read_bytes() == out.read_bytes()  # deterministic
-    assert result["checked_inputs"] == 360 and result["max_difference"] <= 1e-5 and result["wsz_bytes"] == wsz
+    assert result["difference"]["inputs"] == 360 and result["difference"]["relative"] <= 1e-5
+    assert result["wsz_bytes"] == wsz and result["bytes"] == out.stat().st_size
 
 
 def test_safetensors_and_dense_hold_the_decoded_weights(compressed, tmp_path, capsys):

@@ -7,7 +7,7 @@ extra ``weightshare[onnx]``, imported only by the ONNX export itself. Formats an
 from __future__ import annotations
 
 from weightshare.export.dense import dense_bytes, export_dense
-from weightshare.export.onnx import export_onnx, max_output_difference, onnx_bytes
+from weightshare.export.onnx import compare_outputs, export_onnx, onnx_bytes
 from weightshare.export.safetensors_layout import export_safetensors, load_safetensors_layout, safetensors_bytes
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "export_onnx",
     "export_safetensors",
     "load_safetensors_layout",
-    "max_output_difference",
+    "compare_outputs",
     "onnx_bytes",
     "safetensors_bytes",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from weightshare.export.dense import Source, check_fits, decoded_copy, quantized
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["OPSET", "export_onnx", "index_type", "max_output_difference", "onnx_bytes"]
+__all__ = ["OPSET", "OutputDifference", "compare_outputs", "export_onnx", "index_type", "onnx_bytes"]
 
 OPSET = 21
 """The first opset whose ``Cast`` reads ``UINT4``."""
@@ -158,29 +158,46 @@ def export_onnx(source: Source, model: nn.Module, example_input: torch.Tensor, p
     ...                    {"bias": torch.tensor([0.5])})
     >>> with tempfile.TemporaryDirectory() as d:
     ...     nbytes = export_onnx(q, torch.nn.Linear(3, 1), torch.zeros(1, 3), os.path.join(d, "m.onnx"))
-    ...     max_output_difference(os.path.join(d, "m.onnx"), q.load_into(torch.nn.Linear(3, 1)), torch.randn(5, 3))
-    0.0
+    ...     compare_outputs(os.path.join(d, "m.onnx"), q.load_into(torch.nn.Linear(3, 1)), torch.randn(5, 3))
+    OutputDifference(absolute=0.0, relative=0.0, inputs=5)
     """
     data = onnx_bytes(source, model, example_input)
     atomic_write_bytes(path, data)
     return len(data)
 
 
-def max_output_difference(
+class OutputDifference(NamedTuple):
+    """How far onnxruntime's outputs lie from PyTorch's: ``absolute``, the largest ``|onnxruntime - PyTorch|``;
+    ``relative``, the same per input divided by ``max(1, largest |output| of that input)``; over ``inputs``."""
+
+    absolute: float
+    relative: float
+    inputs: int
+
+
+def compare_outputs(
     onnx_model: bytes | str | os.PathLike, net: nn.Module, inputs: torch.Tensor, batch_size: int = 1000
-) -> float:
-    """The largest ``|onnxruntime - PyTorch|`` over the outputs for ``inputs`` (in batches); ``net`` holds the
-    decoded weights. The export's promise: at most float32 rounding (tests check <= 1e-5)."""
+) -> OutputDifference:
+    """onnxruntime's outputs for ``inputs`` against ``net``'s (which holds the decoded weights), in batches.
+
+    The export's promise is ``relative <= 1e-5`` (docs/export.md#onnx): both compute in float32, and a sum
+    of terms as large as the outputs carries a rounding error of about 1e-7 of them in any order, so an
+    absolute bound would fail on large logits (LeNet-300-100's reach 80; its float32 outputs differ from a
+    float64 evaluation by 1.8e-5). Outputs up to 1 are compared absolutely.
+    """
     try:
         import onnxruntime
     except ImportError:
         raise DependencyError(f"checking an ONNX export needs onnxruntime: {INSTALL}") from None
     data = onnx_model if isinstance(onnx_model, bytes) else os.fspath(onnx_model)
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    worst = 0.0
+    absolute = relative = 0.0
     with torch.no_grad():
         for batch in torch.split(inputs, batch_size):
-            ours = session.run([OUTPUT], {INPUT: batch.numpy()})[0]
-            theirs = net.eval()(batch).numpy()
-            worst = max(worst, float(np.abs(ours - theirs).max()) if ours.size else 0.0)
-    return worst
+            ours = session.run([OUTPUT], {INPUT: batch.numpy()})[0].reshape(len(batch), -1)
+            theirs = net.eval()(batch).numpy().reshape(len(batch), -1)
+            if ours.size:
+                rows = np.abs(ours - theirs).max(1)
+                absolute = max(absolute, float(rows.max()))
+                relative = max(relative, float((rows / np.maximum(1.0, np.abs(theirs).max(1))).max()))
+    return OutputDifference(absolute, relative, len(inputs))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from weightshare.core.errors import ConfigError, DependencyError, MismatchError
-from weightshare.export import export_dense, export_onnx, export_safetensors, max_output_difference
+from weightshare.export import compare_outputs, export_dense, export_onnx, export_safetensors
 from weightshare.export.dense import quantized_of
 from weightshare.pipeline.evaluate import finished_file, open_checkpoint
 
@@ -43,10 +43,10 @@ def _export_onnx(source: Path, out: Path, model_options: dict[str, Any]) -> dict
     test = opened.data.test.x
     nbytes = export_onnx(opened.weights, opened.model, test[:1], out)
     try:
-        difference = max_output_difference(out, opened.model, test)
+        difference = compare_outputs(out, opened.model, test)._asdict()
     except DependencyError:  # onnx without onnxruntime: the file is fine, it is only not checked here
         difference = None
-    return {"bytes": nbytes, "max_difference": difference, "checked_inputs": len(test) if difference is not None else 0}
+    return {"bytes": nbytes, "difference": difference}
 
 
 def export_file(
@@ -61,8 +61,8 @@ def export_file(
 ) -> dict[str, Any]:
     """Export ``checkpoint`` (a ``.wsz`` file or compression run) as ``fmt`` (:data:`FORMATS`) into ``out``.
 
-    Returns ``bytes`` (written), ``wsz_bytes`` and, for ONNX, ``max_difference``: the largest
-    ``|onnxruntime - PyTorch|`` output over the ``checked_inputs`` test images (``None`` without onnxruntime).
+    Returns ``bytes`` (written), ``wsz_bytes`` and, for ONNX, ``difference``: onnxruntime's outputs against
+    the decoded PyTorch model's over the test images (``compare_outputs``; ``None`` without onnxruntime).
     ``model``, ``dataset``, ``data_dir`` and ``normalize`` choose the architecture and data as ``evaluate`` does;
     only the ONNX export uses them.
     """
