@@ -93,3 +93,21 @@ def test_inspect_lists_the_formats_beside_the_file(compressed, capsys):
     table = capsys.readouterr().out
     assert f"as dense float32 safetensors: {sizes['dense']:,} B" in table
     assert f"as safetensors codebooks (bit-packed indices): {sizes['safetensors']:,} B" in table
+
+
+def test_without_the_onnx_extra_one_line_and_the_report_says_why(compressed, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from weightshare.report.run_report import format_sizes
+
+    run, _ = compressed
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if weightshare[onnx] were not installed
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run / "model.wsz"), "--format", "onnx", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == "weightshare export: error: the ONNX export needs the onnx package: pip install 'weightshare[onnx]'\n"
+    assert not out.exists()
+    qmodel = load_compressed(run / "model.wsz")
+    sizes = format_sizes(qmodel, 1, build_model("mlp"), torch.zeros(1, 64))
+    assert sizes["bytes"]["onnx"] is None and "pip install 'weightshare[onnx]'" in sizes["unavailable"]["onnx"]
+    assert sizes["bytes"]["dense"] > 4 * (qmodel.num_quantized + qmodel.num_dense)
