@@ -37,12 +37,14 @@ def test_compare_tables_what_each_file_and_report_say(pretrained, tmp_path):
         report = json.loads((out / row["label"] / "report.json").read_text())
         assert row["bytes"] == (out / row["label"] / "model.wsz").stat().st_size == report["file"]["bytes"]
         assert row["test_error"] == report["errors"]["decoded"]["test_error"]
+        assert row["dense_bytes"] > row["safetensors_bytes"] > row["bytes"]  # each export format beside .wsz
+        assert row["onnx_bytes"] == report["formats"]["bytes"]["onnx"] > row["bytes"]
         assert row["nonzero_percent"] == pytest.approx(100 * report["totals"]["nnz"] / report["totals"]["weights"])
         assert row["wall_s"] > 0
     with (out / "compare.csv").open() as handle:
         assert [r["label"] for r in csv.DictReader(handle)] == ["dc-dc", "pwfn-pwfn"]
     table = (out / "compare.md").read_text()
-    assert table.startswith("| run | method | recipe | decoded test error (%) | file bytes | file CR |")
+    assert table.startswith("| run | method | recipe | decoded test error (%) | file bytes | ONNX bytes |")
     assert f"{result['rows'][0]['bytes']:,}" in table
     assert (out / "pareto.png").stat().st_size > 10_000
     # Run again: the finished runs are reused, not retrained.

@@ -34,6 +34,9 @@ COLUMNS = {
     "recipe": "recipe",
     "test_error": "decoded test error (%)",
     "bytes": "file bytes",
+    "onnx_bytes": "ONNX bytes",
+    "safetensors_bytes": "safetensors codebooks bytes",
+    "dense_bytes": "dense float32 bytes",
     "cr": "file CR",
     "paper_cr": "paper-style CR (estimate)",
     "nonzero_percent": "non-zeros (%)",
@@ -139,6 +142,7 @@ def table_row(entry: Entry, run_dir: Path) -> dict[str, Any]:
         "recipe": entry.recipe,
         "test_error": report["errors"]["decoded"]["test_error"],
         "bytes": report["file"]["bytes"],
+        **{f"{name}_bytes": _format_bytes(report, name) for name in ("onnx", "safetensors", "dense")},
         "cr": report["file"]["cr_all"],
         "paper_cr": report["paper_style"]["cr_all"],
         "nonzero_percent": 100.0 * totals["nnz"] / max(totals["weights"], 1),
@@ -148,13 +152,19 @@ def table_row(entry: Entry, run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _format_bytes(report: dict[str, Any], name: str) -> int | None:
+    """The bytes of the same model exported as ``name`` (docs/export.md), as the report sized it; None if not."""
+    return (report.get("formats") or {}).get("bytes", {}).get(name)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (what ``compare.md`` holds and the command prints)."""
     formats = {"test_error": "{:.2f}", "bytes": "{:,}", "cr": "{:.1f}", "paper_cr": "{:.1f}",
                "nonzero_percent": "{:.2f}", "wall_s": "{:.0f}"}  # fmt: skip
+    formats |= {f"{name}_bytes": "{:,}" for name in ("onnx", "safetensors", "dense")}
     lines = ["| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        cells = [formats.get(key, "{}").format(row[key]) for key in COLUMNS]
+        cells = ["—" if row[key] is None else formats.get(key, "{}").format(row[key]) for key in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     warned = [f"- {row['label']}: {row['warnings']}" for row in rows if row["warnings"]]
     return "\n".join(lines + (["", "Warnings:", *warned] if warned else []))
