@@ -73,6 +73,22 @@ def test_lenets_on_mnist(tmp_path, quantize, mnist_test):
             assert path.stat().st_size < 0.5 * 266_200 + 4 * 410 + 2_000
 
 
+def test_the_vision_transformer(tmp_path, quantize):
+    """Attention, LayerNorm, GELU, the class token and the position embedding export too (one 16-value codebook)."""
+    torch.manual_seed(0)
+    model = build_model("vit").eval()
+    with torch.no_grad():  # trained values: the exporter merges initializers that are equal, as fresh LayerNorms are
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    qmodel = quantize(model, [16], {"model": "vit"})
+    images = torch.rand(20, 1, 28, 28)
+    path, proto = _export(tmp_path, qmodel, model, images[:1])
+    _check_graph(proto, qmodel)
+    assert compare_outputs(path, qmodel.load_into(build_model("vit")).eval(), images).relative <= TOLERANCE
+
+
 def test_mlp_and_batchnorm_on_digits(tmp_path, quantize, digits, batchnorm_net):
     mlp = build_model("mlp").eval()
     cases = [(mlp, [5], digits.test.x), (batchnorm_net, [70000], digits.test.x.reshape(-1, 1, 8, 8))]
