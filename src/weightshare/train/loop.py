@@ -47,7 +47,9 @@ class FitResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, dist: Distributed | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 1000, dist: Distributed | None = None
+) -> dict[str, float]:
     """Top-1 error (%) and mean cross-entropy of ``model`` on a split (with ``dist``: each rank a part).
 
     >>> from weightshare.data.datasets import Split
