@@ -29,6 +29,7 @@ RANK = {
     "report": 4,
     "plots": 5,
     "pipeline": 6,
+    "lightning": 6,  # the Lightning callback: a pipeline of its own, for a user's Trainer
     "cli": 7,
     "__main__": 8,
     "__init__": 8,

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-import weightshare
 from weightshare.pipeline.evaluate import evaluate_checkpoint
 
 # Rank 0 SIGKILLs itself just after its first checkpoint lands (torchrun then stops rank 1): a run cut off
@@ -31,23 +28,16 @@ sys.exit(main())
 """
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    src = str(Path(weightshare.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def _files(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
 
 @pytest.fixture(scope="module")
-def ranked(pretrained, sws_quick, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def ranked(pretrained, sws_quick, tmp_path_factory, run_python) -> tuple[Path, subprocess.CompletedProcess]:
     """The digits compression of the ``compressed`` fixture, by two ranks."""
     out = tmp_path_factory.mktemp("torchrun") / "sws"
     args = ["compress", "sws", "--from", str(pretrained), "--out", str(out), *sws_quick, "--quiet"]
-    done = _torchrun("-m", "weightshare", *args, cwd=out.parent)
+    done = run_python("-m", "weightshare", *args, cwd=out.parent, ranks=2)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 
@@ -77,15 +67,15 @@ def test_two_ranks_decode_to_what_one_process_does(ranked, compressed):
 
 
 @pytest.mark.slow
-def test_resume_under_torchrun_ends_with_the_same_file(ranked, pretrained, sws_quick, tmp_path):
+def test_resume_under_torchrun_ends_with_the_same_file(ranked, pretrained, sws_quick, tmp_path, run_python):
     out = tmp_path / "sws"
     args = ["compress", "sws", "--from", str(pretrained), "--out", str(out), *sws_quick, "--quiet"]
     child = tmp_path / "child.py"
     child.write_text(KILL_AFTER_FIRST_CHECKPOINT)
-    killed = _torchrun(str(child), *args, cwd=tmp_path)
+    killed = run_python(str(child), *args, cwd=tmp_path, ranks=2)
     assert killed.returncode != 0 and not (out / "model.wsz").exists()
     rows = [r for r in csv.DictReader((out / "metrics.csv").open()) if r["phase"] == "retrain"]
     assert len(rows) == 1
-    resumed = _torchrun("-m", "weightshare", *args, "--resume", cwd=tmp_path)
+    resumed = run_python("-m", "weightshare", *args, "--resume", cwd=tmp_path, ranks=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "model.wsz").read_bytes() == (ranked[0] / "model.wsz").read_bytes()

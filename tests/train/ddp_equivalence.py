@@ -41,7 +41,7 @@ def recipes() -> dict[str, object]:
     admm.prox, admm.finetune_epochs, admm.train.epochs, admm.train.warmup_epochs = False, 1, 3, 0
     admm.projint = admm.dualint = 3
     pwfn = PWFNConfig.preset("digits")
-    pwfn.schedule, pwfn.first_epochs, pwfn.rest_epochs, pwfn.train.epochs = [0.3, 0.6, 0.9], 1, 1, 3
+    pwfn.schedule, pwfn.first_epochs, pwfn.rest_epochs, pwfn.train.epochs = [0.3, 0.6, 1.0], 1, 1, 3
     return {"sws": sws, "dc": dc, "admm": admm, "pwfn": pwfn}
 
 

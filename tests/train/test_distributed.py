@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import weightshare
 from weightshare.core.errors import ConfigError
 from weightshare.data.datasets import Split, batches
 from weightshare.train.distributed import Distributed, is_main_process, launched, session
@@ -28,26 +24,15 @@ METHODS = ("sws", "dc", "admm", "pwfn")
 ATOL, RTOL = 1e-6, 1e-5
 
 
-def _env() -> dict[str, str]:
-    src = str(Path(weightshare.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
-
-
-def torchrun(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=2 ARGS`` in a subprocess (output captured)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(command, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
-def equivalence_runs(tmp_path_factory) -> Path:
+def equivalence_runs(tmp_path_factory, run_python) -> Path:
     """The worker once in this process (batch B) and once under torchrun (2 ranks x B / 2)."""
     out = tmp_path_factory.mktemp("ddp")
     spec = importlib.util.spec_from_file_location("ddp_equivalence", WORKER)
     worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(worker)
     worker.run(out)
-    done = torchrun(str(WORKER), str(out), cwd=out)
+    done = run_python(str(WORKER), str(out), cwd=out, ranks=2)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
