@@ -135,7 +135,7 @@ class WeightshareCallback(Callback):
     # --- end: the common result, the file, the report -------------------------------------------------------
     @torch.no_grad()
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        del pl_module.training_step  # the user's own again
+        pl_module.__dict__.pop("training_step", None)  # the user's own again
         self.qmodel = self.method.finalize(pl_module)
         self.qmodel.meta.setdefault("method", self.config.method)
         self.qmodel.load_into(pl_module)  # every rank: the module now holds what the file holds
@@ -153,6 +153,9 @@ class WeightshareCallback(Callback):
         report["method_summary"] = self.method.summary()
         write_json(run.path_of(REPORT), report)  # no summary.json: no error was measured here
         return report
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        pl_module.__dict__.pop("training_step", None)  # also when fit stopped early
 
     # --- Lightning checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -100,6 +100,11 @@ def run(out: Path) -> None:
             tensors = {k: v.contiguous().clone() for k, v in _flat_state(model, method).items()}
             save_file(tensors, str(out / f"{name}_{who}.safetensors"))
             (out / f"{name}_{who}.json").write_text(json.dumps(log))
+        if dist is not None:  # the per-epoch check of fit must notice ranks that differ
+            try:
+                dist.check_identical({"same": torch.ones(3), "differs": torch.full((2,), float(dist.rank))}, "here")
+            except RuntimeError as exc:
+                (out / f"check_{who}.txt").write_text(str(exc))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ def test_method_state_is_identical_on_every_rank_after_every_step(equivalence_ru
         assert log == {"steps": steps, "differ": []}
 
 
+@pytest.mark.slow
+def test_the_consistency_check_names_what_differs(equivalence_runs):
+    for rank in (0, 1):
+        assert (equivalence_runs / f"check_rank{rank}.txt").read_text() == "the 2 processes disagree here on differs"
+
+
 def test_ranks_batches_together_are_one_process_batches():
     n = 201  # odd: the sampler pads rank 1's last batch with one repeat so that both ranks take 7 steps
     train = Split(torch.arange(n).reshape(n, 1), torch.zeros(n, dtype=torch.long))  # x is the example's index
