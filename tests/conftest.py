@@ -163,17 +163,18 @@ def compressed(pretrained, sws_quick, tmp_path_factory):
 def run_python():
     """``run_python(*ARGS, cwd=DIR)``: ``python ARGS`` in a subprocess importing this checkout's weightshare, one
     torch thread per process (torchrun and Lightning's DDP start several); returns the finished process.
-    ``ranks=N``: ``torchrun --standalone --nproc_per_node=N ARGS`` instead."""
+    ``ranks=N``: ``torchrun --standalone --nproc_per_node=N ARGS`` instead; ``env``: more variables."""
     import subprocess
     import sys
 
     import weightshare
 
-    env = {**os.environ, "PYTHONPATH": str(Path(weightshare.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    base = {**os.environ, "PYTHONPATH": str(Path(weightshare.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
 
-    def run(*args: str, cwd: Path, ranks: int = 0) -> subprocess.CompletedProcess:
+    def run(*args: str, cwd: Path, ranks: int = 0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else []
         command = [sys.executable, *torchrun, *args]
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        every = {**base, **(env or {})}
+        return subprocess.run(command, cwd=cwd, env=every, capture_output=True, text=True, timeout=300)
 
     return run
