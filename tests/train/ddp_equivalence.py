@@ -84,6 +84,17 @@ def _watch(method, model, world: int, log: dict) -> None:
     method.after_step = after_step
 
 
+def _train_with_batch_norm(data: DataBundle, dist, path: Path) -> None:
+    """Plain training of a network with batch norm: its running statistics, buffers that each rank updates
+    from its own examples, must not make the ranks differ at the end of an epoch (fit checks it)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
+    fit(model, data, dataclasses.replace(recipes()["sws"].train, epochs=2), batch_size=BATCH, progress=False, dist=dist)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
 def run(out: Path) -> None:
     data = small_digits()
     with session() as dist:
@@ -100,6 +111,7 @@ def run(out: Path) -> None:
             tensors = {k: v.contiguous().clone() for k, v in _flat_state(model, method).items()}
             save_file(tensors, str(out / f"{name}_{who}.safetensors"))
             (out / f"{name}_{who}.json").write_text(json.dumps(log))
+        _train_with_batch_norm(data, dist, out / f"batchnorm_{who}.safetensors")
         if dist is not None:  # the per-epoch check of fit must notice ranks that differ
             try:
                 dist.check_identical({"same": torch.ones(3), "differs": torch.full((2,), float(dist.rank))}, "here")

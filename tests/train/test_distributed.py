@@ -62,6 +62,15 @@ def test_method_state_is_identical_on_every_rank_after_every_step(equivalence_ru
 
 
 @pytest.mark.slow
+def test_batch_norm_statistics_end_each_epoch_alike(equivalence_runs):
+    # Each rank updates them from its own examples; fit refuses ranks that differ after an epoch, so the
+    # worker got here only if they were made alike (rank 0's, as DDP broadcasts them before every forward).
+    ranks = [load_file(str(equivalence_runs / f"batchnorm_rank{r}.safetensors")) for r in (0, 1)]
+    assert "2.running_mean" in ranks[0]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+
+
+@pytest.mark.slow
 def test_the_consistency_check_names_what_differs(equivalence_runs):
     for rank in (0, 1):
         assert (equivalence_runs / f"check_rank{rank}.txt").read_text() == "the 2 processes disagree here on differs"

@@ -19,6 +19,8 @@ None and every stage runs exactly as in one process. How the pieces keep N proce
   the penalty is computed outside the module's forward, and a parameter that gets no gradient in a step
   (a method that skips its penalty, e.g. ADMM while fine-tuning) fails DDP's reduction unless
   ``find_unused_parameters``, which in turn refuses a gradient arriving from outside the forward.
+* **Buffers** (batch-norm statistics) follow rank 0's, as DDP broadcasts them before every forward; at the
+  end of each epoch every rank takes rank 0's (:meth:`Distributed.broadcast_buffers`).
 * **Method state** (masks, duals, projections, fixed sets) is updated by every rank from equal weights
   with the same deterministic code, so it stays equal; :meth:`Distributed.check_identical` verifies it
   (and the model) at the end of every epoch rather than assuming it.
@@ -133,6 +135,14 @@ class Distributed:
             part = buffer[offset : offset + p.numel()].view_as(p)
             p.grad = part.clone() if has > 0 else None
             offset += p.numel()
+
+    @torch.no_grad()
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Every rank takes rank 0's buffers (e.g. batch-norm running statistics, which each rank updates from
+        its own examples). DDP does the same at the start of every forward; at the end of an epoch it makes the
+        evaluation, the checks and the checkpoint see one model."""
+        for buffer in model.buffers():
+            torch_dist.broadcast(buffer, src=0)
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """The sums over the ranks of a few numbers (float64)."""

@@ -225,6 +225,8 @@ def fit(
             t0 = time.perf_counter()
             train_stats = _train_epoch(net, model, data, cfg, batch_size, method, optimizer, epoch, bar, dist)
             seconds = time.perf_counter() - t0
+            if dist is not None:
+                dist.broadcast_buffers(model)
             method.on_epoch_end(model, TrainContext(optimizer, epoch, steps - 1, steps, cfg.epochs))
             if dist is not None:
                 dist.check_identical(_training_state(model, method), f"after epoch {epoch + 1}")
