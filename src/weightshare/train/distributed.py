@@ -133,7 +133,7 @@ class Distributed:
         offset = 0
         for p, has in zip(params, buffer[-len(params) :].tolist(), strict=True):
             part = buffer[offset : offset + p.numel()].view_as(p)
-            p.grad = part.clone() if has > 0 else None
+            p.grad = part.to(p.dtype, copy=True) if has > 0 else None
             offset += p.numel()
 
     @torch.no_grad()
