@@ -56,7 +56,9 @@ class WeightshareCallback(Callback):
     ``config``'s type picks the method (``SWSConfig`` -> soft weight-sharing); its method settings apply,
     its ``[train]`` section only says how many epochs a schedule of rounds needs (the Trainer's
     ``max_epochs`` must match it). ``n_train``: the number of training examples (soft weight-sharing
-    scales its prior by tau / n_train). ``out``: the run directory rank 0 writes at the end of fit.
+    scales its prior by tau / n_train). ``out``: the run directory rank 0 writes at the end of fit. Under
+    DDP, seed every process alike (``lightning.pytorch.seed_everything``) so that a method's noise (PWFN)
+    is drawn alike on every rank, as one process would draw it for the whole batch.
 
     >>> from weightshare import DCConfig
     >>> callback = WeightshareCallback(DCConfig.preset("digits"), "runs/lightning-dc", n_train=1257)
