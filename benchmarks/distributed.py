@@ -60,11 +60,9 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _launch(processes: int, args: argparse.Namespace, where: Path) -> list[dict]:
-    command = [sys.executable, __file__, "--worker", str(where), "--epochs", str(args.epochs)]
-    command += ["--batch-size", str(args.batch_size)]
-    if processes > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-        command += [__file__, "--worker", str(where), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+    worker = [__file__, "--worker", str(where), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    command = [sys.executable, *launcher, *worker]
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     return [json.loads(p.read_text()) for p in sorted(where.glob(f"rank*_of{processes}.json"))]
 
