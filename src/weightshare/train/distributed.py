@@ -190,7 +190,7 @@ def session() -> Iterator[Distributed | None]:
     """The process group of a ``torchrun`` launch for the block (None when started on its own).
 
     Joins the group from torchrun's environment (one made by the caller, e.g. Lightning, is used as is
-    and left open) and leaves it when the block ends.
+    and left open) and leaves it when the block ends, once every rank has got there.
     """
     if not launched():
         yield None
@@ -201,6 +201,10 @@ def session() -> Iterator[Distributed | None]:
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=_TIMEOUT)
     try:
         yield Distributed(torch_dist.get_rank(), torch_dist.get_world_size(), device)
+        # Nobody tears down its connections while another rank may still be in a collective with it (rank 0
+        # writes the results while the others wait here). Not after an exception: the others may be inside
+        # a collective, and torchrun stops them all once one process fails.
+        torch_dist.barrier()
     finally:
         if created:
             torch_dist.destroy_process_group()
