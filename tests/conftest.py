@@ -200,3 +200,24 @@ def compressed(pretrained, sws_quick, tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         assert main(["compress", "sws", "--from", str(pretrained), "--out", str(out), *sws_quick, "--quiet"]) == 0
     return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """``run_python(*ARGS, cwd=DIR)``: ``python ARGS`` in a subprocess importing this checkout's weightshare, one
+    torch thread per process (torchrun and Lightning's DDP start several); returns the finished process.
+    ``ranks=N``: ``torchrun --standalone --nproc_per_node=N ARGS`` instead; ``env``: more variables."""
+    import subprocess
+    import sys
+
+    import weightshare
+
+    base = {**os.environ, "PYTHONPATH": str(Path(weightshare.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+
+    def run(*args: str, cwd: Path, ranks: int = 0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else []
+        command = [sys.executable, *torchrun, *args]
+        every = {**base, **(env or {})}
+        return subprocess.run(command, cwd=cwd, env=every, capture_output=True, text=True, timeout=300)
+
+    return run

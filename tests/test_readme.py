@@ -1,15 +1,20 @@
 """The README's Python examples run as written, so the docs stay true."""
 
+import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+# The Lightning example starts a second process (strategy="ddp") from its own command: it runs as a script.
+LIGHTNING = [b for b in BLOCKS if "WeightshareCallback" in b]
 
 
 def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = [b for b in BLOCKS if b not in LIGHTNING]
     assert blocks, "README has no python example"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
@@ -58,3 +63,23 @@ def test_readme_ten_line_loader_gives_the_quantized_weights(tmp_path, monkeypatc
     assert loaded.keys() == expected.keys()
     for name, tensor in loaded.items():
         assert tensor.dtype == torch.float32 and torch.equal(tensor, expected[name]), name
+
+
+@pytest.mark.slow
+def test_readme_lightning_example_runs_on_two_processes(tmp_path, run_python):
+    pytest.importorskip("lightning")
+    from weightshare import load_compressed
+
+    assert len(LIGHTNING) == 1
+    script = tmp_path / "example.py"
+    script.write_text(LIGHTNING[0])
+    done = run_python(str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "runs" / "lightning-dc"
+    report = json.loads((out / "report.json").read_text())
+    qmodel = load_compressed(out / "model.wsz")
+    nonzero = qmodel.nnz / qmodel.num_quantized
+    assert done.stdout.count(" bytes, ") == 1  # printed by rank 0 only
+    assert f"{report['file']['bytes']} bytes, {nonzero:.1%} non-zero" in done.stdout
+    assert abs(nonzero - 0.3) < 0.01  # the preset keeps 30% of every layer
+    assert max(len(cb) for cb in qmodel.codebooks) <= 17  # 0 and at most 2^4 shared values per layer

@@ -87,6 +87,7 @@ class SoftWeightSharing(Method):
         mixture_fields = {f.name for f in dataclasses.fields(MixtureConfig)}
         mixture_cfg = MixtureConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in mixture_fields})
         self.prior = MixturePrior([p.detach() for p in self.covered.values()], mixture_cfg)
+        self.prior.to(next(iter(self.covered.values())).device)  # the mixture where the weights are
         self.prior.names = list(self.covered)
         self.epoch = 0
         self.history: list[torch.Tensor] = []  # per epoch: the mixture's _TRACKED rows (float64)
