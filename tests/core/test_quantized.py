@@ -77,8 +77,8 @@ def test_bad_checkpoints_are_refused(tmp_path) -> None:
     with pytest.raises(FormatError, match="inconsistent quantized checkpoint"):
         load_quantized(broken)
     newer = tmp_path / "newer.safetensors"
-    save_file({"codebook.0": torch.zeros(1)}, str(newer), metadata=meta | {"quantized": "[]", "version": "2"})
-    with pytest.raises(FormatError, match="checkpoint version '2'"):
+    save_file({"codebook.0": torch.zeros(1)}, str(newer), metadata=meta | {"quantized": "[]", "version": "3"})
+    with pytest.raises(FormatError, match="checkpoint version '3'"):
         load_quantized(newer)
 
 
