@@ -355,7 +355,10 @@ def test_dense_tensors_of_every_dtype_come_back_bit_for_bit(float16: bool) -> No
             assert torch.equal(got.view(torch.int32), t.half().float().view(torch.int32)), name
         else:
             assert torch.equal(got.view(torch.uint8), t.view(torch.uint8)), name  # every bit, NaN included
-    assert {n: qt.dtype for n, qt in back.quantized.items()} == {"q.float16": torch.float16, "q.bfloat16": torch.bfloat16}
+    assert {n: qt.dtype for n, qt in back.quantized.items()} == {
+        "q.float16": torch.float16,
+        "q.bfloat16": torch.bfloat16,
+    }
     assert back.to_state_dict()["q.bfloat16"].dtype == torch.bfloat16
     rows = {r.name: r for r in inspect(encode(q)).rows}
     assert rows["t.int64"].stream_bytes == 15 * 8 and rows["t.bool"].stream_bytes == 15

@@ -121,7 +121,9 @@ class CoverageRule:
                 _check_all_names_agree(first, name, aliases, reasons, chosen)
                 covered.setdefault(first, param)
         if not covered:
-            raise CoverageError(f"the coverage rule ({self._describe()}) matches no parameter of {type(model).__name__}")
+            raise CoverageError(
+                f"the coverage rule ({self._describe()}) matches no parameter of {type(model).__name__}"
+            )
         return Coverage(covered, _every_entry(model, reasons, covered, aliases), aliases)
 
     def _describe(self) -> str:
@@ -134,7 +136,7 @@ class CoverageRule:
 
     def _groups(self, model: nn.Module, reasons: dict[str, str]) -> list[list[tuple[str, nn.Parameter]]]:
         """Per module (in ``named_modules`` order), the parameters the rule selects from it."""
-        regex = re.compile(self.pattern) if self.pattern else None
+        regex = _compile(self.pattern) if self.pattern else None
         groups = []
         for module_name, module in model.named_modules(remove_duplicate=False):
             prefix = f"{module_name}." if module_name else ""
@@ -178,7 +180,7 @@ class CoverageRule:
     def _apply_exclude(
         self, groups: list[list[tuple[str, nn.Parameter]]], reasons: dict[str, str]
     ) -> list[list[tuple[str, nn.Parameter]]]:
-        regex = re.compile(str(self.exclude))
+        regex = _compile(str(self.exclude))
         kept = []
         for group in groups:
             for name, _ in group:
@@ -188,6 +190,13 @@ class CoverageRule:
             if rest:
                 kept.append(rest)
         return kept
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise CoverageError(f"{pattern!r} is not a regular expression: {exc}") from None
 
 
 def _by_pattern(

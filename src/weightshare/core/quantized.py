@@ -264,7 +264,9 @@ def _share(model: nn.Module, alias: str, target: str) -> None:
 CHECKPOINT_FORMAT = "weightshare.quantized"  # a file-format id, not a module path: never changes
 CHECKPOINT_VERSION = 2  # 2: quantized tensors record their dtype, dense ones keep theirs; aliases
 READABLE_VERSIONS = ("1", "2")
-_FLOAT_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
+_FLOAT_DTYPES = {
+    str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+}
 
 
 def _index_dtype(size: int) -> torch.dtype:

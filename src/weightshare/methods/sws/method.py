@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weightshare.core.coverage import covered_parameters
+from weightshare.core.coverage import CoverageRule
 from weightshare.core.quantized import QuantizedModel
 from weightshare.methods.base import FigureSpec, Method, TrainContext
 from weightshare.methods.sws.config import SWSConfig
@@ -83,7 +83,10 @@ class SoftWeightSharing(Method):
             raise ValueError(f"n_train must be positive, got {n_train}")
         self.config = config
         self.n_train = n_train
-        self.covered = covered_parameters(model, include_biases=config.include_biases, pattern=config.cover_pattern)
+        self.coverage = CoverageRule(config.include_biases, config.cover_pattern, exclude=config.cover_exclude).select(
+            model
+        )
+        self.covered = self.coverage.covered
         mixture_fields = {f.name for f in dataclasses.fields(MixtureConfig)}
         mixture_cfg = MixtureConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in mixture_fields})
         self.prior = MixturePrior([p.detach() for p in self.covered.values()], mixture_cfg)
@@ -135,9 +138,6 @@ class SoftWeightSharing(Method):
             "sparsity": zeros / max(total, 1),
             "components": int((pis[1:] > 1e-3).sum()) + 1,
         }
-
-    def covered_tensors(self) -> dict[str, nn.Parameter]:
-        return dict(self.covered)
 
     def records(self) -> dict[str, Any]:
         """The mixture after every epoch, at the end, and merged as ``finalize`` uses it (paper eq. 8)."""
