@@ -30,6 +30,7 @@ from weightshare.codec import (
 from weightshare.codec.ans import GapCode, ans_decode, ans_encode, entropy_bits
 from weightshare.codec.bitstream import Reader, pack_bits, unpack_bits, varint
 from weightshare.codec.container import MAGIC
+from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import FormatError
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor
 
@@ -389,3 +390,61 @@ def test_refuses_unknown_element_types_and_bad_bools() -> None:
     code_at = data.index(b"\x09\x01\x02")  # dtype bool, 1 dimension of 2
     with pytest.raises(FormatError, match="m: unknown or unsuitable element type code 10"):
         decode(with_crc(data[10:code_at] + b"\x0a" + data[code_at + 1 :], data[:6]))
+
+
+class EveryKindOfTensor(nn.Module):
+    """BatchNorm, depthwise and grouped convolutions, bias-free layers, a bare parameter, an embedding
+    tied to the output layer, attention, float16 and bfloat16 layers, int64 and bool buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, bias=False)
+        self.depthwise = nn.Conv2d(8, 8, 3, groups=8)
+        self.grouped = nn.Conv2d(8, 8, 1, groups=2, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.embed = nn.Embedding(12, 8)
+        self.attention = nn.MultiheadAttention(8, 2)
+        self.head = nn.Linear(8, 12, bias=False)
+        self.head.weight = self.embed.weight
+        self.scale = nn.Parameter(torch.randn(8))
+        self.half = nn.Linear(8, 8).half()
+        self.brain = nn.Linear(8, 4).to(torch.bfloat16)
+        self.register_buffer("mask", torch.rand(8) > 0.5)
+        self.register_buffer("steps", torch.arange(5) * 1_000_000_007)
+
+
+def test_any_module_comes_back_entry_for_entry() -> None:
+    torch.manual_seed(0)
+    model = EveryKindOfTensor()
+    model.bn(torch.randn(2, 8, 5, 5))  # running statistics and num_batches_tracked move away from their start
+    codebook = torch.linspace(-0.5, 0.5, 17)
+    codebook = torch.cat([torch.zeros(1), codebook[codebook != 0]])
+    covered = covered_parameters(model)
+    assert "head.weight" not in covered and "attention.in_proj_weight" in covered and "half.weight" in covered
+    nearest = {n: (p.detach().float().reshape(-1, 1) - codebook).abs().argmin(1) for n, p in covered.items()}
+    q = QuantizedModel.from_assignments(model.state_dict(), nearest, [codebook])
+    assert q.aliases == {"head.weight": "embed.weight"}
+    assert q.quantized["brain.weight"].dtype == torch.bfloat16 and q.dense["steps"].dtype == torch.int64
+
+    torch.manual_seed(1)
+    restored = decode(encode(q)).load_into(EveryKindOfTensor())
+    expected = {n: q.to_state_dict()[n] for n in model.state_dict()}
+    for name, tensor in restored.state_dict().items():
+        original = model.state_dict()[name]
+        assert tensor.dtype == original.dtype and tensor.shape == original.shape, name
+        assert torch.equal(tensor, expected[name]), name
+        if name not in covered and name != "head.weight":
+            assert torch.equal(tensor, original), name  # every dense entry exactly as the model held it
+    assert int(restored.bn.num_batches_tracked) == 1 and restored.head.weight is restored.embed.weight
+    assert torch.equal(restored.head.weight, codebook[nearest["embed.weight"]].reshape(12, 8))
+
+
+def test_load_into_ties_an_untied_model_again() -> None:
+    shared = QuantizedModel(
+        [torch.tensor([0.0, 1.0])],
+        {"0.weight": QuantizedTensor(torch.ones(3, 3, dtype=torch.int64))},
+        aliases={"1.weight": "0.weight"},
+    )
+    net = shared.load_into(nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)))
+    assert net[1].weight is net[0].weight and isinstance(net[1].weight, nn.Parameter)
+    assert [n for n, _ in net.named_parameters()] == ["0.weight"]

@@ -70,8 +70,8 @@ def shared_names(model: nn.Module) -> dict[str, str]:
     first: dict[int, str] = {}
     aliases = {}
     for name, tensor in _named_tensors(model):
-        if tensor.numel() == 0:
-            continue  # empty tensors share no data (and may share a null pointer)
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin) or tensor.numel() == 0:
+            continue  # empty tensors share no data (and may share a null pointer); lazy ones have none yet
         owner = first.setdefault(id(tensor), name)
         if owner != name:
             aliases[name] = owner
