@@ -101,7 +101,9 @@ def test_impossible_requests_name_the_module_and_tensor():
     with pytest.raises(CoverageError, match="'head.weight' and 'embed.weight' are the same tensor, covered as"):
         covered_parameters(model, exclude="^embed")
     bn = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    with pytest.raises(CoverageError, match="pattern '1' matches buffer '1.running_mean' of module '1' \\(BatchNorm1d\\)"):
+    with pytest.raises(
+        CoverageError, match="pattern '1' matches buffer '1.running_mean' of module '1' \\(BatchNorm1d\\)"
+    ):
         covered_parameters(bn, pattern="1")
     norm = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2, elementwise_affine=False))
     with pytest.raises(CoverageError, match="module '1' \\(LayerNorm\\) is of a covered type but has no weight"):

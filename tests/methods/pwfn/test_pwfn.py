@@ -231,6 +231,8 @@ def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
     assert report["errors"]["decoded"] == report["errors"]["retrained"]  # every weight was already on a centre
     assert report["totals"]["nonzero_fraction"] >= 0.95  # powers of two, none of them zero here: 1.0 for seeds 0-5
     assert report["coverage"]["dense"] == ["net.0.bias", "net.2.bias", "net.4.bias"]
+    why = "bias of a covered layer (include_biases is off)"
+    assert report["coverage"]["why_dense"] == {name: why for name in report["coverage"]["dense"]}
     q = load_quantized(out / "quantized.safetensors")
     assert len(q.codebooks) == 1 and report["totals"]["unique_values"] == q.unique_values()
     assert 2 < report["totals"]["unique_values"] < 64 and 0 < report["totals"]["entropy_bits_per_weight"] < 6

@@ -188,10 +188,18 @@ class SoftWeightSharing(Method):
         history = state.get("history")
         self.history = list(history.unbind(0)) if isinstance(history, torch.Tensor) else []
 
-    def finalize(self, model: nn.Module) -> QuantizedModel:
+    def coverage_reasons(self) -> dict[str, str]:
+        reasons = super().coverage_reasons()
+        for name in set(self.covered) - set(self._quantized_names()):
+            reasons[name] = "under the prior while training, the last covered layer left dense (quant_skip_last)"
+        return reasons
+
+    def _quantized_names(self) -> list[str]:
         names = list(self.covered)
-        if self.config.quant_skip_last:
-            names = names[: -self._last_layer_size(names)]
+        return names[: -self._last_layer_size(names)] if self.config.quant_skip_last else names
+
+    def finalize(self, model: nn.Module) -> QuantizedModel:
+        names = self._quantized_names()
         return self.prior.quantize(model, rule=self.config.assign, kl_threshold=self.config.merge_kl, names=names)
 
     def _last_layer_size(self, names: list[str]) -> int:
