@@ -23,7 +23,7 @@ from weightshare.core.errors import FormatError
 __all__ = ["DTYPE_NAMES", "DenseEntry", "Header", "QuantEntry", "dense_array", "parse_header", "write_file"]
 
 MAGIC = b"WSZ\x1a"  # \x1a (Ctrl-Z) stops text tools, as in PNG's signature
-VERSION = 2  # 2: a dtype per tensor, any dtype of dense tensor, aliases (docs/format.md#version-history)
+VERSION = 2  # 2: a dtype per tensor, any dtype of dense tensor, aliases (docs/format.md, "Version history")
 READABLE_VERSIONS = (1, 2)
 PREFIX_BYTES = 10  # magic, version, flags, CRC32
 FLAG_FLOAT16 = 0x01  # codebook values and float32 dense tensors stored as float16

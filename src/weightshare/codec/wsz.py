@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-# The torch type of each element-type code of the format (docs/format.md#element-types).
+# The torch type of each element-type code of the format (docs/format.md, "Conventions").
 _TORCH_DTYPES = tuple(getattr(torch, name) for name in DTYPE_NAMES)
 
 
