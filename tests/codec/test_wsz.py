@@ -364,6 +364,7 @@ def test_dense_tensors_of_every_dtype_come_back_bit_for_bit(float16: bool) -> No
     rows = {r.name: r for r in inspect(encode(q)).rows}
     assert rows["t.int64"].stream_bytes == 15 * 8 and rows["t.bool"].stream_bytes == 15
     assert rows["t.bfloat16"].dtype == "bfloat16" and rows["q.float16"].dtype == "float16"
+    assert inspect(encode(q)).num_params == 4 * 15 + 2 * 16  # integer and bool tensors are not parameters
 
 
 def test_a_shared_tensor_is_stored_once() -> None:

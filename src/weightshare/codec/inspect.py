@@ -21,6 +21,9 @@ from weightshare.codec.container import DTYPE_NAMES, LAYOUT_NAMES, SPARSE, Heade
 __all__ = ["InspectReport", "TensorRow", "file_rates", "format_inspect", "inspect"]
 
 
+_NOT_PARAMETERS = ("int64", "int32", "int16", "int8", "uint8", "bool")
+
+
 @dataclass
 class TensorRow:
     """One tensor of the file. ``entropy_bytes``: the order-0 entropy of the streams actually coded
@@ -72,7 +75,9 @@ class InspectReport:
 
     @property
     def num_params(self) -> int:
-        return sum(r.numel for r in self.rows)
+        """Floating-point elements: what a float32 copy of the model would hold (integer and bool
+        buffers, such as BatchNorm's ``num_batches_tracked``, are not parameters)."""
+        return sum(r.numel for r in self.rows if r.dtype not in _NOT_PARAMETERS)
 
     @property
     def num_quantized(self) -> int:
