@@ -432,9 +432,8 @@ def _decode(args: argparse.Namespace) -> int:
 
     state = load_compressed(args.file).to_state_dict()
     save_tensors(args.out, state)
-    print(
-        f"{args.out}: {len(state)} tensors, {sum(t.numel() for t in state.values()):,} values, each tensor in its own dtype"
-    )
+    values = sum(t.numel() for t in state.values())
+    print(f"{args.out}: {len(state)} tensors, {values:,} values, each tensor in its own dtype")
     return 0
 
 
