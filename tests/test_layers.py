@@ -24,6 +24,7 @@ RANK = {
     "codec": 1,
     "runs": 1,
     "train": 2,
+    "export": 2,
     "finish": 3,
     "methods": 4,
     "report": 4,
@@ -95,6 +96,8 @@ def test_core_imports_nothing_else_and_codec_only_core():
             assert not others, f"{module} imports {others}"
         if stage == "codec":
             assert others <= {"core"}, f"{module} imports {others}"
+        if stage == "export":  # the exporters start from a QuantizedModel or a .wsz file, nothing else
+            assert others <= {"core", "codec"}, f"{module} imports {others}"
 
 
 def test_nothing_imports_the_command_line():

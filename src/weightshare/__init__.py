@@ -9,6 +9,7 @@ from weightshare.core.coverage import CoverageRule, covered_parameters
 from weightshare.core.errors import (
     ConfigError,
     DataError,
+    DependencyError,
     FormatError,
     MismatchError,
     RunDirError,
@@ -20,6 +21,7 @@ from weightshare.core.quantized import QuantizedModel, QuantizedTensor, load_qua
 from weightshare.core.version import __version__
 from weightshare.data.config import DataConfig, DataOverrides
 from weightshare.data.datasets import DataBundle, load_data
+from weightshare.export import export_dense, export_onnx, export_safetensors, load_safetensors_layout
 from weightshare.finish.codebook_tuning import tune_codebooks
 from weightshare.finish.config import FinishConfig
 from weightshare.finish.deadweights import remove_dead_weights
@@ -64,6 +66,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "DataOverrides",
+    "DependencyError",
     "FinishConfig",
     "FormatError",
     "Method",
@@ -86,6 +89,9 @@ __all__ = [
     "decode",
     "encode",
     "evaluate",
+    "export_dense",
+    "export_onnx",
+    "export_safetensors",
     "file_rates",
     "fit",
     "format_inspect",
@@ -94,6 +100,7 @@ __all__ = [
     "load_compressed",
     "load_data",
     "load_quantized",
+    "load_safetensors_layout",
     "paper_style",
     "pretrain",
     "remove_dead_weights",

@@ -220,14 +220,19 @@ def _infer_preset(args: argparse.Namespace) -> str | None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="test error of a run directory, a weights file or a .wsz file")
     p.add_argument("checkpoint", help="run directory, .safetensors weights, or .wsz compressed file")
+    _add_model_options(p)
+
+
+def _add_model_options(p: argparse.ArgumentParser, used_by: str = "") -> None:
+    """How ``evaluate`` (and ``export --format onnx``) find the architecture and the data of a file."""
     p.add_argument(
         "--model",
         choices=sorted(MODELS),
-        help="architecture (default: the run directory's, else the one a .wsz file records)",
+        help=f"{used_by}architecture (default: the run directory's, else the one a .wsz file records)",
     )
-    p.add_argument("--dataset", help="data set (needed for a weights or .wsz file outside a run directory)")
-    p.add_argument("--data-dir", help="data directory")
-    p.add_argument("--normalize", choices=("pixels", "standard"), help="input scaling (default: the run's)")
+    p.add_argument("--dataset", help=f"{used_by}data set (needed for a file outside a run directory)")
+    p.add_argument("--data-dir", help=f"{used_by}data directory")
+    p.add_argument("--normalize", choices=("pixels", "standard"), help=f"{used_by}input scaling (default: the run's)")
 
 
 @command("evaluate")
@@ -428,12 +433,12 @@ def _encode(args: argparse.Namespace) -> int:
 @command("decode")
 def _decode(args: argparse.Namespace) -> int:
     from weightshare.codec import load_compressed
-    from weightshare.core.io import save_tensors
+    from weightshare.export import export_dense
 
-    state = load_compressed(args.file).to_state_dict()
-    save_tensors(args.out, state)
-    values = sum(t.numel() for t in state.values())
-    print(f"{args.out}: {len(state)} tensors, {values:,} values, each tensor in its own dtype")
+    qmodel = load_compressed(args.file)
+    export_dense(qmodel, args.out)  # the same file as weightshare export --format dense
+    values = qmodel.num_quantized + qmodel.num_dense
+    print(f"{args.out}: {len(qmodel.quantized) + len(qmodel.dense)} tensors, {values:,} values")
     return 0
 
 
@@ -441,10 +446,56 @@ def _decode(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
+    from weightshare.codec import load_compressed
     from weightshare.codec.inspect import format_inspect, inspect
+    from weightshare.report.run_report import FORMAT_NAMES, format_sizes
 
     report = inspect(args.file)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_inspect(report))
+    sizes = format_sizes(load_compressed(args.file), report.file_bytes)  # ONNX needs the model: weightshare export
+    if args.json:
+        print(json.dumps(report.to_dict() | {"formats": sizes}, indent=2))
+        return 0
+    print(format_inspect(report))
+    for name, nbytes in sizes["bytes"].items():
+        if name != "wsz" and nbytes is not None:
+            print(f"as {FORMAT_NAMES[name]}: {nbytes:,} B ({nbytes / report.file_bytes:.1f}x this file)")
+    return 0
+
+
+# --- export -----------------------------------------------------------------------------------------
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from weightshare.pipeline.export import FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="write a .wsz file as ONNX (indices + codebooks), safetensors codebooks or dense float32 weights",
+        description="Export a .wsz file (or a compression run's) for deployment; docs/export.md has the layouts.",
+    )
+    p.add_argument("file", help=".wsz file or compression run directory")
+    p.add_argument("--format", required=True, choices=FORMATS, help="onnx, safetensors (codebooks) or dense")
+    p.add_argument("--out", required=True, help="output file")
+    _add_model_options(p, used_by="onnx only: ")
+
+
+@command("export")
+def _export(args: argparse.Namespace) -> int:
+    from weightshare.pipeline.export import export_file
+    from weightshare.report.run_report import FORMAT_NAMES
+
+    result = export_file(
+        args.file, args.format, args.out,
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, normalize=args.normalize,
+    )  # fmt: skip
+    nbytes, wsz = result["bytes"], result["wsz_bytes"]
+    print(f"{args.out}: {FORMAT_NAMES[args.format]}, {nbytes:,} bytes ({nbytes / wsz:.1f}x the .wsz file's {wsz:,})")
+    if result.get("difference"):
+        diff = result["difference"]
+        print(f"onnxruntime vs the decoded PyTorch model on {diff['inputs']:,} test images: largest difference "
+              f"{diff['absolute']:.2g}, {diff['relative']:.2g} of the largest output")  # fmt: skip
+    elif args.format == "onnx":
+        print("not checked: onnxruntime is not installed")
     return 0
 
 
@@ -539,7 +590,9 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 # --- entry point --------------------------------------------------------------------------------
 
-PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_codec, _add_evaluate, _add_plot, _add_demo, _add_sensitivity]
+PARSER_BUILDERS = [
+    _add_pretrain, _add_compress, _add_codec, _add_export, _add_evaluate, _add_plot, _add_demo, _add_sensitivity,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -196,7 +196,9 @@ def write_and_report(
     model_name = str(qmodel.meta["model"])
     net = decoded.load_into(build_model(model_name, data.num_classes))
     errors = {**errors, "decoded": evaluate_model(net, data)}
-    report = build_report(run, errors=errors, written_bytes=nbytes, coverage=coverage)
+    report = build_report(
+        run, errors=errors, written_bytes=nbytes, model=net, example_input=data.test.x[:1], coverage=coverage
+    )
     report["method_summary"] = method_summary or {}
     report["warnings"] = result_warnings(report, data.num_classes, hint)
     write_report(run, report)
