@@ -30,9 +30,10 @@ RANK = {
     "report": 4,
     "plots": 5,
     "pipeline": 6,
-    "cli": 7,
-    "__main__": 8,
-    "__init__": 8,
+    "search": 7,
+    "cli": 8,
+    "__main__": 9,
+    "__init__": 9,
 }
 # The plotting toolkit a method's own figures may draw with.
 FIGURE_TOOLKIT = ("weightshare.plots.style", "weightshare.plots.weights", "weightshare.plots.artifacts")

@@ -38,11 +38,13 @@ from weightshare.methods import (
     SoftWeightSharing,
     SWSConfig,
 )
+from weightshare.methods.space import SearchRange
 from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
 from weightshare.models.architectures import build_model, count_parameters
 from weightshare.pipeline.compress import compress
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.report.accounting import paper_style, values_only, weight_entropy_bits
+from weightshare.search import TuneConfig, compare, tune
 from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext
 from weightshare.train.loop import evaluate, evaluate_model, fit
@@ -55,6 +57,10 @@ __all__ = [
     "DeepCompression",
     "ProbabilisticWeightFixing",
     "TrainContext",
+    "SearchRange",
+    "TuneConfig",
+    "compare",
+    "tune",
     "evaluate_model",
     "run_finishing",
     "tune_codebooks",

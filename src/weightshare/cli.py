@@ -91,13 +91,18 @@ def _flags(args: argparse.Namespace, classes: Iterable[type]) -> cfgmod.Sections
 
 
 def _given(
-    args: argparse.Namespace, sections: list[str], preset: tuple[str, cfgmod.Sections] | None, flags: cfgmod.Sections
+    args: argparse.Namespace,
+    sections: list[str],
+    preset: tuple[str, cfgmod.Sections] | None,
+    flags: cfgmod.Sections,
+    also: Sequence[str] = (),
 ) -> list[tuple[str, cfgmod.Sections]]:
     """The settings the command gives, lowest priority first: a ``(name, settings)`` preset, the ``--config``
-    file, the flags."""
+    file, the flags. The file may also hold the sections ``also`` (another part of the command reads them)."""
     layers: list[tuple[str, cfgmod.Sections]] = [preset] if preset else []
     if getattr(args, "config", None):
-        layers.append((f"config file {args.config}", cfgmod.load_toml(args.config, sections)))
+        loaded = cfgmod.load_toml(args.config, [*sections, *also])
+        layers.append((f"config file {args.config}", {k: v for k, v in loaded.items() if k not in also}))
     return [*layers, ("flags", flags)]
 
 
@@ -333,16 +338,19 @@ def _resumed_method_config(cls: type[MethodConfig], args: argparse.Namespace) ->
     return config
 
 
-def resolve_method_config(cls: type[MethodConfig], args: argparse.Namespace, source: dict[str, Any]) -> MethodConfig:
+def resolve_method_config(
+    cls: type[MethodConfig], args: argparse.Namespace, source: dict[str, Any], also: Sequence[str] = ()
+) -> MethodConfig:
     """defaults < the source run's model and seed < preset < config file < flags, validated.
 
     Without ``--preset`` the preset named after the source run's model applies, if the method has one.
+    The config file may hold the sections ``also`` too (e.g. ``[tune]``), which the recipe ignores.
     """
     name = args.preset or _infer_method_preset(cls, source)
     preset = (f"{cls.method} preset {name!r}", cls.preset_sections(name)) if name else None
     layers: list[tuple[str, cfgmod.Sections]] = [
         ("source run", {"train": {k: source["train"][k] for k in ("model", "seed")}}),
-        *_given(args, cls.section_names(), preset, cfgmod.sections_from_args(args, cls, cls.method)),
+        *_given(args, cls.section_names(), preset, cfgmod.sections_from_args(args, cls, cls.method), also),
     ]
     config = cls()
     for origin, sections in layers:
@@ -352,24 +360,28 @@ def resolve_method_config(cls: type[MethodConfig], args: argparse.Namespace, sou
 
 def _infer_method_preset(cls: type[MethodConfig], source: dict) -> str | None:
     """The preset named after the source run's model, if there is one (``lenet300`` -> ``lenet300``)."""
-    model = source.get("train", {}).get("model")
-    name = {"mlp": "digits"}.get(model, model)
-    return name if name in cls.presets else None
+    return cls.preset_for_model(source.get("train", {}).get("model", ""))
+
+
+METHOD_COMMANDS = ("compress", "tune")
+"""The commands with one subcommand per method (``weightshare compress sws``)."""
 
 
 def _method_alias(argv: list[str]) -> list[str]:
-    """``compress --method sws ...`` (the former spelling) -> ``compress sws ...``.
+    """``compress --method sws ...`` (the former spelling) -> ``compress sws ...``; ``tune`` likewise.
 
     >>> _method_alias(["compress", "--from", "r", "--method", "dc", "--out", "o"])
     ['compress', 'dc', '--from', 'r', '--out', 'o']
+    >>> _method_alias(["tune", "--method=sws", "--from", "r"])
+    ['tune', 'sws', '--from', 'r']
     """
-    if argv[:1] != ["compress"]:
+    if not argv or argv[0] not in METHOD_COMMANDS:
         return argv
     for i, arg in enumerate(argv[1:], start=1):
         if arg == "--method" and i + 1 < len(argv):
-            return ["compress", argv[i + 1], *argv[1:i], *argv[i + 2 :]]
+            return [argv[0], argv[i + 1], *argv[1:i], *argv[i + 2 :]]
         if arg.startswith("--method="):
-            return ["compress", arg.removeprefix("--method="), *argv[1:i], *argv[i + 1 :]]
+            return [argv[0], arg.removeprefix("--method="), *argv[1:i], *argv[i + 1 :]]
     return argv
 
 
@@ -381,7 +393,7 @@ def _foreign_setting(argv: list[str]) -> str | None:
     """
     from weightshare.methods import CONFIGS
 
-    if argv[:1] != ["compress"] or len(argv) < 2 or argv[1] not in CONFIGS:
+    if len(argv) < 2 or argv[0] not in METHOD_COMMANDS or argv[1] not in CONFIGS:
         return None
     method, flags = argv[1], {name: cfgmod.setting_flags(cls) for name, cls in CONFIGS.items()}
     for arg in argv[2:]:
@@ -588,10 +600,101 @@ def _sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- tune / compare ----------------------------------------------------------------------------
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    from weightshare.methods import CONFIGS
+    from weightshare.search.config import TuneConfig
+
+    p = sub.add_parser(
+        "tune",
+        help="search a method's settings with Optuna: validation error and file bytes of many trials",
+        description="Search a method's settings from a pretrained run: weightshare tune METHOD --from RUN "
+        "--study-dir DIR. Every trial is a compression run under DIR/trials; the result is DIR/pareto.csv, "
+        "pareto.json, pareto.png and one recipe per Pareto trial (DIR/pareto/*.toml, for compress --config). "
+        "Running the command again continues the study.",
+        formatter_class=_RAW,
+    )
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", title="methods")
+    for name, cls in CONFIGS.items():
+        m = methods.add_parser(name, help=cls.description, description=f"Tune {cls.description}.")
+        m.add_argument("--from", dest="source", required=True, help="pretrained run directory")
+        m.add_argument("--study-dir", required=True, help="directory of the study (created, or continued)")
+        m.add_argument("--preset", choices=sorted(cls.presets), help="recipe every trial starts from")
+        m.add_argument("--config", help="TOML file: the base recipe's tables and a [tune] table")
+        m.add_argument("--quiet", action="store_true", help="no progress bar")
+        cfgmod.add_arguments(m, TuneConfig)
+        cfgmod.add_recipe_arguments(m, cls, cls.method, skip=("model",))
+
+
+def _tune_settings(args: argparse.Namespace, sections: list[str]) -> Any:
+    """defaults < the ``[tune]`` table of ``--config`` < flags, validated."""
+    from weightshare.search.config import TuneConfig
+
+    settings = TuneConfig()
+    if args.config:
+        table = cfgmod.load_toml(args.config, [*sections, "tune"]).get("tune", {})
+        settings = cfgmod.apply_overrides(settings, table, f"config file {args.config}")
+    return cfgmod.validate(cfgmod.apply_overrides(settings, cfgmod.overrides_from_args(args, TuneConfig), "flags"))
+
+
+@command("tune")
+def _tune(args: argparse.Namespace) -> int:
+    from weightshare.methods import config_class
+    from weightshare.pipeline.pretrain import open_source_run
+    from weightshare.search.study import tune
+
+    cls = config_class(args.method)
+    config = resolve_method_config(cls, args, open_source_run(args.source).config, also=("tune",))
+    result = tune(args.source, config, args.study_dir, _tune_settings(args, cls.section_names()),
+                  progress=not args.quiet)  # fmt: skip
+    counts = ", ".join(f"{n} {state}" for state, n in result["counts"].items())
+    print(f"study {result['study']} in {args.study_dir}: {counts}; Pareto front (validation error, bytes):")
+    for row in result["pareto"]:
+        print(f"  trial {row['trial']}: {row['val_error']:.2f}% val ({row['test_error']:.2f}% test), "
+              f"{row['bytes']:,} B, {row['cr']:.1f}x -> {row['recipe']}")  # fmt: skip
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="every method from one pretrained run: one table and one error-vs-bytes plot",
+        description="Run every method (its preset named after the model, or a recipe file) from one pretrained "
+        "run into OUT/METHOD, then write OUT/compare.csv, compare.json, compare.md and pareto.png. Runs already "
+        "finished in OUT are reused.",
+    )
+    p.add_argument("--from", dest="source", required=True, help="pretrained run directory")
+    p.add_argument("--out", required=True, help="directory for the runs and the table")
+    p.add_argument("--methods", help="comma-separated methods (default: every method with a recipe for the model)")
+    p.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="METHOD=FILE.toml",
+        help="a recipe file for a method instead of its preset, e.g. one written by weightshare tune (repeatable)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command("compare")
+def _compare(args: argparse.Namespace) -> int:
+    from weightshare.search.compare import compare, format_table, parse_recipes
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    result = compare(args.source, args.out, methods=methods, recipes=parse_recipes(args.recipe),
+                     progress=not args.quiet)  # fmt: skip
+    print(format_table(result["rows"]))
+    print(f"wrote {', '.join(result['files'])}")
+    return 0
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 PARSER_BUILDERS = [
-    _add_pretrain, _add_compress, _add_codec, _add_export, _add_evaluate, _add_plot, _add_demo, _add_sensitivity,
+    _add_pretrain, _add_compress, _add_tune, _add_compare, _add_codec, _add_export, _add_evaluate, _add_plot,
+    _add_demo, _add_sensitivity,
 ]  # fmt: skip
 
 
@@ -610,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prog(args: argparse.Namespace) -> str:
     """``weightshare compress sws``: how messages name the command."""
-    return " ".join(["weightshare", args.command, *([args.method] if args.command == "compress" else [])])
+    return " ".join(["weightshare", args.command, *([args.method] if args.command in METHOD_COMMANDS else [])])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -618,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = _method_alias(list(sys.argv[1:] if argv is None else argv))
     foreign = _foreign_setting(argv)
     if foreign:  # argparse would print its usage too: one line says it
-        print(f"weightshare compress {argv[1]}: error: {foreign}", file=sys.stderr)
+        print(f"weightshare {argv[0]} {argv[1]}: error: {foreign}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
     try:
