@@ -454,8 +454,8 @@ def _decode(args: argparse.Namespace) -> int:
 
     qmodel = load_compressed(args.file)
     export_dense(qmodel, args.out)  # the same file as weightshare export --format dense
-    print(f"{args.out}: {len(qmodel.quantized) + len(qmodel.dense)} tensors, "
-          f"{qmodel.num_quantized + qmodel.num_dense:,} parameters (float32)")  # fmt: skip
+    values = qmodel.num_quantized + qmodel.num_dense
+    print(f"{args.out}: {len(qmodel.quantized) + len(qmodel.dense)} tensors, {values:,} values")
     return 0
 
 

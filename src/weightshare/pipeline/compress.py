@@ -185,8 +185,9 @@ def _finalize_and_finish(
         run.write_metrics(finished.rows)
     summary = {**hooks.summary(), **finished.summary()}
     return write_and_report(
-        run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary, hint=hooks.collapse_hint()
-    )
+        run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary,
+        hint=hooks.collapse_hint(), coverage=hooks.coverage_reasons(),
+    )  # fmt: skip
 
 
 def resolve_recipe(config: MethodConfig, source: dict[str, Any]) -> tuple[MethodConfig, DataConfig]:
@@ -220,11 +221,13 @@ def write_and_report(
     errors: dict[str, dict[str, float]],
     method_summary: dict[str, Any] | None = None,
     hint: str = Method.collapse_hint(),
+    coverage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Quantized checkpoint -> model.wsz -> decode -> evaluate the decoded model -> report.json.
 
     The report's ``warnings`` say when the result collapsed or lost much in the hard assignment (then with
-    ``hint``, what usually helps); the files are written all the same, to be inspected.
+    ``hint``, what usually helps); the files are written all the same, to be inspected. ``coverage``
+    (``Method.coverage_reasons()``) goes into the report: why each dense tensor was not compressed.
     """
     from weightshare.codec import load_compressed, save_compressed
     from weightshare.core.quantized import save_quantized
@@ -235,7 +238,9 @@ def write_and_report(
     model_name = str(qmodel.meta["model"])
     net = decoded.load_into(build_model(model_name, data.num_classes))
     errors = {**errors, "decoded": evaluate_model(net, data)}
-    report = build_report(run, errors=errors, written_bytes=nbytes, model=net, example_input=data.test.x[:1])
+    report = build_report(
+        run, errors=errors, written_bytes=nbytes, model=net, example_input=data.test.x[:1], coverage=coverage
+    )
     report["method_summary"] = method_summary or {}
     report["warnings"] = result_warnings(report, data.num_classes, hint)
     write_report(run, report)

@@ -83,6 +83,7 @@ class AdmmConfig(MethodConfig):
     finetune_refresh: int = setting(20, "fine-tuning: codebook refreshes (5 k-means steps) per epoch", ge=1)
     kmeans_iter: int = setting(100, "at most this many Lloyd iterations per layer", ge=1)
     cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    cover_exclude: str | None = setting(None, "regex on parameter names taking tensors out of the covered ones")
     train: TrainConfig = section(TrainConfig, bounds=AT_LEAST_ONE_EPOCH)  # the projections happen while training
 
     def check(self) -> None:

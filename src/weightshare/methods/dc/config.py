@@ -124,6 +124,7 @@ class DCConfig(MethodConfig):
     kmeans_seed: int = setting(0, "seed of the forgy / kmeans++ initialisations", ge=0)
     lr_centroids: float = setting(1e-4, "learning rate of the shared values during fine-tuning", ge=0)
     cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    cover_exclude: str | None = setting(None, "regex on parameter names taking tensors out of the covered ones")
 
     @property
     def total_epochs(self) -> int:

@@ -122,6 +122,7 @@ class PWFNConfig(MethodConfig):
     lr_sigma: float = setting(1e-3, "learning rate of the sigmas (the paper: the model's lr)", gt=0)
     include_biases: bool = setting(False, "fix the biases of covered layers too (PWFN's code does)")
     cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    cover_exclude: str | None = setting(None, "regex on parameter names taking tensors out of the covered ones")
 
     @property
     def total_epochs(self) -> int:

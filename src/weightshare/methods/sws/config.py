@@ -108,6 +108,7 @@ class SWSConfig(MethodConfig, MixtureConfig):
     lr_mixing: float = setting(3e-3, "Adam learning rate of the mixing logits", ge=0)
     include_biases: bool = setting(False, "put the biases under the prior too (as the tutorial does)")
     cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    cover_exclude: str | None = setting(None, "regex on parameter names taking tensors out of the covered ones")
     merge_kl: float = setting(1e-10, "merge mixture components whose KL divergence is below this", ge=0)
     assign: str = setting(
         "map", "assignment rule: map (paper) or ml (see docs: steals pruned weights)", choices=("map", "ml")

@@ -245,6 +245,7 @@ class MixturePrior(nn.Module):
         include_biases: bool = False,
         pattern: str | None = None,
         skip_last: bool = False,
+        exclude: str | None = None,
         **config: Any,
     ) -> MixturePrior:
         """Build over the tensors :func:`~weightshare.core.coverage.covered_parameters` selects.
@@ -253,7 +254,9 @@ class MixturePrior(nn.Module):
         >>> MixturePrior.from_model(net).names
         ['0.weight', '2.weight']
         """
-        covered = covered_parameters(model, include_biases=include_biases, pattern=pattern, skip_last=skip_last)
+        covered = covered_parameters(
+            model, include_biases=include_biases, pattern=pattern, skip_last=skip_last, exclude=exclude
+        )
         return cls(list(covered.values()), MixtureConfig(**config), names=list(covered))
 
     # --- parametrisation ---------------------------------------------------
