@@ -47,6 +47,7 @@ __all__ = [
     "sections_from_args",
     "setting_flags",
     "load_toml",
+    "read_toml",
     "to_dict",
 ]
 
@@ -281,15 +282,20 @@ def to_dict(config: Any) -> dict[str, Any]:
 # --- config files -------------------------------------------------------------------
 
 
-def load_toml(path: str | Path, sections: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Read a TOML file whose tables are config sections (``[data]``, ``[train]``, ``[sws]``...)."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The tables of a TOML file; a missing or malformed file is one line naming it as ``what``."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
+        raise ConfigError(f"{what} {path}: {exc}") from None
+
+
+def load_toml(path: str | Path, sections: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Read a TOML file whose tables are config sections (``[data]``, ``[train]``, ``[sws]``...)."""
+    raw = read_toml(path)
     allowed = list(sections)
     out: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from weightshare.core.errors import ConfigError
-from weightshare.core.settings import apply_sections, validate
+from weightshare.core.settings import apply_sections, read_toml, validate
 
 __all__ = ["SearchRange", "SearchSpace", "check_space", "space_from_toml", "space_to_dict"]
 
@@ -113,13 +112,7 @@ def space_from_toml(path: str | Path, base: SearchSpace) -> dict[str, dict[str, 
     >>> {s: {k: r.describe() for k, r in v.items()} for s, v in space.items()}
     {'sws': {'tau': '[0.01, 0.1] log'}}
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"search space file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"search space file {path}: {exc}") from None
+    raw = read_toml(path, "search space file")
     space = {name: dict(ranges) for name, ranges in base.items()}
     for section_name, table in raw.items():
         if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
