@@ -12,13 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "weightshare"
 METHODS = ROOT / "docs" / "methods.md"
 SCANNED = ("src", "tests", "benchmarks", "docs")
-PROSE = (ROOT / "README.md", METHODS, ROOT / "docs" / "format.md", ROOT / "benchmarks" / "RESULTS.md")
+PROSE = (
+    ROOT / "README.md",
+    METHODS,
+    ROOT / "docs" / "format.md",
+    ROOT / "docs" / "export.md",
+    ROOT / "benchmarks" / "RESULTS.md",
+)
 
 # Design notes that were never part of the repository; split so that this file does not cite them either.
 GONE = re.compile(r"\b" + "REFER" + r"ENCES\b|\b" + "DESIGN" + r"\.md\b")
 CITED_ANCHOR = re.compile(r"methods\.md#([\w-]+)")
 LOCAL_ANCHOR = re.compile(r"\]\(#([\w-]+)\)")
-STAGES = "core|data|models|train|methods|finish|codec|report|plots|runs|pipeline"
+STAGES = "core|data|models|train|methods|finish|codec|export|report|plots|runs|pipeline|search"
 MODULE_PATH = re.compile(rf"(?<![\w/])(?:src/weightshare/)?(?:{STAGES})/[\w/]*\w\.py\b")  # a package module
 REPO_PATH = re.compile(r"(?<![\w/])(?:tests|benchmarks)/[\w/]*\w\.(?:py|md)\b")  # from the repository root
 DOTTED = re.compile(r"(?<![\"\w./])weightshare(?:\.\w+)+")  # a quoted one is a format id, not a module

@@ -24,14 +24,16 @@ RANK = {
     "codec": 1,
     "runs": 1,
     "train": 2,
+    "export": 2,
     "finish": 3,
     "methods": 4,
     "report": 4,
     "plots": 5,
     "pipeline": 6,
-    "cli": 7,
-    "__main__": 8,
-    "__init__": 8,
+    "search": 7,
+    "cli": 8,
+    "__main__": 9,
+    "__init__": 9,
 }
 # The plotting toolkit a method's own figures may draw with.
 FIGURE_TOOLKIT = ("weightshare.plots.style", "weightshare.plots.weights", "weightshare.plots.artifacts")
@@ -95,6 +97,8 @@ def test_core_imports_nothing_else_and_codec_only_core():
             assert not others, f"{module} imports {others}"
         if stage == "codec":
             assert others <= {"core"}, f"{module} imports {others}"
+        if stage == "export":  # the exporters start from a QuantizedModel or a .wsz file, nothing else
+            assert others <= {"core", "codec"}, f"{module} imports {others}"
 
 
 def test_nothing_imports_the_command_line():

@@ -9,6 +9,7 @@ from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import (
     ConfigError,
     DataError,
+    DependencyError,
     FormatError,
     MismatchError,
     RunDirError,
@@ -20,6 +21,7 @@ from weightshare.core.quantized import QuantizedModel, QuantizedTensor, load_qua
 from weightshare.core.version import __version__
 from weightshare.data.config import DataConfig, DataOverrides
 from weightshare.data.datasets import DataBundle, load_data
+from weightshare.export import export_dense, export_onnx, export_safetensors, load_safetensors_layout
 from weightshare.finish.codebook_tuning import tune_codebooks
 from weightshare.finish.config import FinishConfig
 from weightshare.finish.deadweights import remove_dead_weights
@@ -36,11 +38,13 @@ from weightshare.methods import (
     SoftWeightSharing,
     SWSConfig,
 )
+from weightshare.methods.space import SearchRange
 from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
 from weightshare.models.architectures import build_model, count_parameters
 from weightshare.pipeline.compress import compress
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.report.accounting import paper_style, values_only, weight_entropy_bits
+from weightshare.search import TuneConfig, compare, tune
 from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext
 from weightshare.train.loop import evaluate, evaluate_model, fit
@@ -53,6 +57,10 @@ __all__ = [
     "DeepCompression",
     "ProbabilisticWeightFixing",
     "TrainContext",
+    "SearchRange",
+    "TuneConfig",
+    "compare",
+    "tune",
     "evaluate_model",
     "run_finishing",
     "tune_codebooks",
@@ -64,6 +72,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "DataOverrides",
+    "DependencyError",
     "FinishConfig",
     "FormatError",
     "Method",
@@ -85,6 +94,9 @@ __all__ = [
     "decode",
     "encode",
     "evaluate",
+    "export_dense",
+    "export_onnx",
+    "export_safetensors",
     "file_rates",
     "fit",
     "format_inspect",
@@ -93,6 +105,7 @@ __all__ = [
     "load_compressed",
     "load_data",
     "load_quantized",
+    "load_safetensors_layout",
     "paper_style",
     "pretrain",
     "remove_dead_weights",

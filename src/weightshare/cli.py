@@ -91,13 +91,18 @@ def _flags(args: argparse.Namespace, classes: Iterable[type]) -> cfgmod.Sections
 
 
 def _given(
-    args: argparse.Namespace, sections: list[str], preset: tuple[str, cfgmod.Sections] | None, flags: cfgmod.Sections
+    args: argparse.Namespace,
+    sections: list[str],
+    preset: tuple[str, cfgmod.Sections] | None,
+    flags: cfgmod.Sections,
+    also: Sequence[str] = (),
 ) -> list[tuple[str, cfgmod.Sections]]:
     """The settings the command gives, lowest priority first: a ``(name, settings)`` preset, the ``--config``
-    file, the flags."""
+    file, the flags. The file may also hold the sections ``also`` (another part of the command reads them)."""
     layers: list[tuple[str, cfgmod.Sections]] = [preset] if preset else []
     if getattr(args, "config", None):
-        layers.append((f"config file {args.config}", cfgmod.load_toml(args.config, sections)))
+        loaded = cfgmod.load_toml(args.config, [*sections, *also])
+        layers.append((f"config file {args.config}", {k: v for k, v in loaded.items() if k not in also}))
     return [*layers, ("flags", flags)]
 
 
@@ -220,14 +225,19 @@ def _infer_preset(args: argparse.Namespace) -> str | None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="test error of a run directory, a weights file or a .wsz file")
     p.add_argument("checkpoint", help="run directory, .safetensors weights, or .wsz compressed file")
+    _add_model_options(p)
+
+
+def _add_model_options(p: argparse.ArgumentParser, used_by: str = "") -> None:
+    """How ``evaluate`` (and ``export --format onnx``) find the architecture and the data of a file."""
     p.add_argument(
         "--model",
         choices=sorted(MODELS),
-        help="architecture (default: the run directory's, else the one a .wsz file records)",
+        help=f"{used_by}architecture (default: the run directory's, else the one a .wsz file records)",
     )
-    p.add_argument("--dataset", help="data set (needed for a weights or .wsz file outside a run directory)")
-    p.add_argument("--data-dir", help="data directory")
-    p.add_argument("--normalize", choices=("pixels", "standard"), help="input scaling (default: the run's)")
+    p.add_argument("--dataset", help=f"{used_by}data set (needed for a file outside a run directory)")
+    p.add_argument("--data-dir", help=f"{used_by}data directory")
+    p.add_argument("--normalize", choices=("pixels", "standard"), help=f"{used_by}input scaling (default: the run's)")
 
 
 @command("evaluate")
@@ -328,16 +338,19 @@ def _resumed_method_config(cls: type[MethodConfig], args: argparse.Namespace) ->
     return config
 
 
-def resolve_method_config(cls: type[MethodConfig], args: argparse.Namespace, source: dict[str, Any]) -> MethodConfig:
+def resolve_method_config(
+    cls: type[MethodConfig], args: argparse.Namespace, source: dict[str, Any], also: Sequence[str] = ()
+) -> MethodConfig:
     """defaults < the source run's model and seed < preset < config file < flags, validated.
 
     Without ``--preset`` the preset named after the source run's model applies, if the method has one.
+    The config file may hold the sections ``also`` too (e.g. ``[tune]``), which the recipe ignores.
     """
     name = args.preset or _infer_method_preset(cls, source)
     preset = (f"{cls.method} preset {name!r}", cls.preset_sections(name)) if name else None
     layers: list[tuple[str, cfgmod.Sections]] = [
         ("source run", {"train": {k: source["train"][k] for k in ("model", "seed")}}),
-        *_given(args, cls.section_names(), preset, cfgmod.sections_from_args(args, cls, cls.method)),
+        *_given(args, cls.section_names(), preset, cfgmod.sections_from_args(args, cls, cls.method), also),
     ]
     config = cls()
     for origin, sections in layers:
@@ -347,24 +360,28 @@ def resolve_method_config(cls: type[MethodConfig], args: argparse.Namespace, sou
 
 def _infer_method_preset(cls: type[MethodConfig], source: dict) -> str | None:
     """The preset named after the source run's model, if there is one (``lenet300`` -> ``lenet300``)."""
-    model = source.get("train", {}).get("model")
-    name = {"mlp": "digits"}.get(model, model)
-    return name if name in cls.presets else None
+    return cls.preset_for_model(source.get("train", {}).get("model", ""))
+
+
+METHOD_COMMANDS = ("compress", "tune")
+"""The commands with one subcommand per method (``weightshare compress sws``)."""
 
 
 def _method_alias(argv: list[str]) -> list[str]:
-    """``compress --method sws ...`` (the former spelling) -> ``compress sws ...``.
+    """``compress --method sws ...`` (the former spelling) -> ``compress sws ...``; ``tune`` likewise.
 
     >>> _method_alias(["compress", "--from", "r", "--method", "dc", "--out", "o"])
     ['compress', 'dc', '--from', 'r', '--out', 'o']
+    >>> _method_alias(["tune", "--method=sws", "--from", "r"])
+    ['tune', 'sws', '--from', 'r']
     """
-    if argv[:1] != ["compress"]:
+    if not argv or argv[0] not in METHOD_COMMANDS:
         return argv
     for i, arg in enumerate(argv[1:], start=1):
         if arg == "--method" and i + 1 < len(argv):
-            return ["compress", argv[i + 1], *argv[1:i], *argv[i + 2 :]]
+            return [argv[0], argv[i + 1], *argv[1:i], *argv[i + 2 :]]
         if arg.startswith("--method="):
-            return ["compress", arg.removeprefix("--method="), *argv[1:i], *argv[i + 1 :]]
+            return [argv[0], arg.removeprefix("--method="), *argv[1:i], *argv[i + 1 :]]
     return argv
 
 
@@ -376,7 +393,7 @@ def _foreign_setting(argv: list[str]) -> str | None:
     """
     from weightshare.methods import CONFIGS
 
-    if argv[:1] != ["compress"] or len(argv) < 2 or argv[1] not in CONFIGS:
+    if len(argv) < 2 or argv[0] not in METHOD_COMMANDS or argv[1] not in CONFIGS:
         return None
     method, flags = argv[1], {name: cfgmod.setting_flags(cls) for name, cls in CONFIGS.items()}
     for arg in argv[2:]:
@@ -428,11 +445,12 @@ def _encode(args: argparse.Namespace) -> int:
 @command("decode")
 def _decode(args: argparse.Namespace) -> int:
     from weightshare.codec import load_compressed
-    from weightshare.core.io import save_tensors
+    from weightshare.export import export_dense
 
-    state = load_compressed(args.file).to_state_dict()
-    save_tensors(args.out, state)
-    print(f"{args.out}: {len(state)} tensors, {sum(t.numel() for t in state.values()):,} parameters (float32)")
+    qmodel = load_compressed(args.file)
+    export_dense(qmodel, args.out)  # the same file as weightshare export --format dense
+    print(f"{args.out}: {len(qmodel.quantized) + len(qmodel.dense)} tensors, "
+          f"{qmodel.num_quantized + qmodel.num_dense:,} parameters (float32)")  # fmt: skip
     return 0
 
 
@@ -440,10 +458,56 @@ def _decode(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
+    from weightshare.codec import load_compressed
     from weightshare.codec.inspect import format_inspect, inspect
+    from weightshare.report.run_report import FORMAT_NAMES, format_sizes
 
     report = inspect(args.file)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_inspect(report))
+    sizes = format_sizes(load_compressed(args.file), report.file_bytes)  # ONNX needs the model: weightshare export
+    if args.json:
+        print(json.dumps(report.to_dict() | {"formats": sizes}, indent=2))
+        return 0
+    print(format_inspect(report))
+    for name, nbytes in sizes["bytes"].items():
+        if name != "wsz" and nbytes is not None:
+            print(f"as {FORMAT_NAMES[name]}: {nbytes:,} B ({nbytes / report.file_bytes:.1f}x this file)")
+    return 0
+
+
+# --- export -----------------------------------------------------------------------------------------
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from weightshare.pipeline.export import FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="write a .wsz file as ONNX (indices + codebooks), safetensors codebooks or dense float32 weights",
+        description="Export a .wsz file (or a compression run's) for deployment; docs/export.md has the layouts.",
+    )
+    p.add_argument("file", help=".wsz file or compression run directory")
+    p.add_argument("--format", required=True, choices=FORMATS, help="onnx, safetensors (codebooks) or dense")
+    p.add_argument("--out", required=True, help="output file")
+    _add_model_options(p, used_by="onnx only: ")
+
+
+@command("export")
+def _export(args: argparse.Namespace) -> int:
+    from weightshare.pipeline.export import export_file
+    from weightshare.report.run_report import FORMAT_NAMES
+
+    result = export_file(
+        args.file, args.format, args.out,
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, normalize=args.normalize,
+    )  # fmt: skip
+    nbytes, wsz = result["bytes"], result["wsz_bytes"]
+    print(f"{args.out}: {FORMAT_NAMES[args.format]}, {nbytes:,} bytes ({nbytes / wsz:.1f}x the .wsz file's {wsz:,})")
+    if result.get("difference"):
+        diff = result["difference"]
+        print(f"onnxruntime vs the decoded PyTorch model on {diff['inputs']:,} test images: largest difference "
+              f"{diff['absolute']:.2g}, {diff['relative']:.2g} of the largest output")  # fmt: skip
+    elif args.format == "onnx":
+        print("not checked: onnxruntime is not installed")
     return 0
 
 
@@ -536,9 +600,102 @@ def _sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- tune / compare ----------------------------------------------------------------------------
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    from weightshare.methods import CONFIGS
+    from weightshare.search.config import TuneConfig
+
+    p = sub.add_parser(
+        "tune",
+        help="search a method's settings with Optuna: validation error and file bytes of many trials",
+        description="Search a method's settings from a pretrained run: weightshare tune METHOD --from RUN "
+        "--study-dir DIR. Every trial is a compression run under DIR/trials; the result is DIR/pareto.csv, "
+        "pareto.json, pareto.png and one recipe per Pareto trial (DIR/pareto/*.toml, for compress --config). "
+        "Running the command again continues the study.",
+        formatter_class=_RAW,
+    )
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", title="methods")
+    for name, cls in CONFIGS.items():
+        m = methods.add_parser(name, help=cls.description, description=f"Tune {cls.description}.")
+        m.add_argument("--from", dest="source", required=True, help="pretrained run directory")
+        m.add_argument("--study-dir", required=True, help="directory of the study (created, or continued)")
+        m.add_argument("--preset", choices=sorted(cls.presets), help="recipe every trial starts from")
+        m.add_argument("--config", help="TOML file: the base recipe's tables and a [tune] table")
+        m.add_argument("--quiet", action="store_true", help="no progress bar")
+        cfgmod.add_arguments(m, TuneConfig)
+        cfgmod.add_recipe_arguments(m, cls, cls.method, skip=("model",))
+
+
+def _tune_settings(args: argparse.Namespace, sections: list[str]) -> Any:
+    """defaults < the ``[tune]`` table of ``--config`` < flags, validated."""
+    from weightshare.search.config import TuneConfig
+
+    settings = TuneConfig()
+    if args.config:
+        table = cfgmod.load_toml(args.config, [*sections, "tune"]).get("tune", {})
+        settings = cfgmod.apply_overrides(settings, table, f"config file {args.config}")
+    return cfgmod.validate(cfgmod.apply_overrides(settings, cfgmod.overrides_from_args(args, TuneConfig), "flags"))
+
+
+@command("tune")
+def _tune(args: argparse.Namespace) -> int:
+    from weightshare.methods import config_class
+    from weightshare.pipeline.pretrain import open_source_run
+    from weightshare.search.study import tune
+
+    cls = config_class(args.method)
+    config = resolve_method_config(cls, args, open_source_run(args.source).config, also=("tune",))
+    result = tune(args.source, config, args.study_dir, _tune_settings(args, cls.section_names()),
+                  progress=not args.quiet)  # fmt: skip
+    counts = ", ".join(f"{n} {state}" for state, n in result["counts"].items())
+    print(f"study {result['study']} in {args.study_dir}: {counts}; Pareto front (validation error, bytes):")
+    for row in result["pareto"]:
+        print(f"  trial {row['trial']}: {row['val_error']:.2f}% val ({row['test_error']:.2f}% test), "
+              f"{row['bytes']:,} B, {row['cr']:.1f}x -> {row['recipe']}")  # fmt: skip
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="every method from one pretrained run: one table and one error-vs-bytes plot",
+        description="Run every method (its preset named after the model, or a recipe file) from one pretrained "
+        "run into OUT/METHOD, then write OUT/compare.csv, compare.json, compare.md and pareto.png. Runs already "
+        "finished in OUT are reused.",
+    )
+    p.add_argument("--from", dest="source", required=True, help="pretrained run directory")
+    p.add_argument("--out", required=True, help="directory for the runs and the table")
+    p.add_argument("--methods", help="comma-separated methods (default: every method with a recipe for the model)")
+    p.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="METHOD=FILE.toml",
+        help="a recipe file for a method instead of its preset, e.g. one written by weightshare tune (repeatable)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command("compare")
+def _compare(args: argparse.Namespace) -> int:
+    from weightshare.search.compare import compare, format_table, parse_recipes
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    result = compare(args.source, args.out, methods=methods, recipes=parse_recipes(args.recipe),
+                     progress=not args.quiet)  # fmt: skip
+    print(format_table(result["rows"]))
+    print(f"wrote {', '.join(result['files'])}")
+    return 0
+
+
 # --- entry point --------------------------------------------------------------------------------
 
-PARSER_BUILDERS = [_add_pretrain, _add_compress, _add_codec, _add_evaluate, _add_plot, _add_demo, _add_sensitivity]
+PARSER_BUILDERS = [
+    _add_pretrain, _add_compress, _add_tune, _add_compare, _add_codec, _add_export, _add_evaluate, _add_plot,
+    _add_demo, _add_sensitivity,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -556,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prog(args: argparse.Namespace) -> str:
     """``weightshare compress sws``: how messages name the command."""
-    return " ".join(["weightshare", args.command, *([args.method] if args.command == "compress" else [])])
+    return " ".join(["weightshare", args.command, *([args.method] if args.command in METHOD_COMMANDS else [])])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -564,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = _method_alias(list(sys.argv[1:] if argv is None else argv))
     foreign = _foreign_setting(argv)
     if foreign:  # argparse would print its usage too: one line says it
-        print(f"weightshare compress {argv[1]}: error: {foreign}", file=sys.stderr)
+        print(f"weightshare {argv[0]} {argv[1]}: error: {foreign}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
     try:

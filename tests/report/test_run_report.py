@@ -169,3 +169,26 @@ def test_summary_row_reads_the_labelled_rates() -> None:
     row = summary_row(report)
     assert (row["cr_file"], row["cr_file_weights"]) == (3.0, 4.0)
     assert (row["cr_paper_style_weights"], row["cr_paper_style_with_biases"], row["cr_dc_estimate"]) == (6.0, 5.0, 7.0)
+
+
+def test_each_export_format_is_sized_beside_the_file(tmp_path) -> None:
+    from torch import nn
+
+    from weightshare.export import dense_bytes, onnx_bytes, safetensors_bytes
+
+    q = _hand_model()
+    run = _run(tmp_path, q)
+    bare = build_report(run, errors=ERRORS)["formats"]
+    assert bare["bytes"]["onnx"] is None and bare["unavailable"] == {"onnx": "needs the model and an input"}
+    model = nn.Sequential()
+    model.add_module("fc", nn.Linear(4, 2))
+    report = build_report(run, errors=ERRORS, model=model, example_input=torch.zeros(1, 4))
+    sizes = report["formats"]["bytes"]
+    assert sizes["wsz"] == run.path_of(COMPRESSED).stat().st_size == report["file"]["bytes"]
+    assert sizes["safetensors"] == len(safetensors_bytes(q)) and sizes["dense"] == len(dense_bytes(q))
+    line = format_summary(report | {"method_summary": {}}).splitlines()[-1]
+    assert line.startswith("the same model exported: ")
+    assert f"dense float32 safetensors {sizes['dense']:,} B ({sizes['dense'] / sizes['wsz']:.1f}x model.wsz)" in line
+    pytest.importorskip("onnx")  # the extra weightshare[onnx], part of the dev extra
+    assert report["formats"]["unavailable"] == {} and sizes["onnx"] == len(onnx_bytes(q, model, torch.zeros(1, 4)))
+    assert f"ONNX (indices + codebooks) {sizes['onnx']:,} B" in line

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "CoverageError",
     "DataError",
+    "DependencyError",
     "FormatError",
     "MismatchError",
     "RunDirError",
@@ -34,6 +35,10 @@ class CoverageError(ValueError):
 
 class DataError(RuntimeError):
     """Data files are missing, corrupt or in the wrong format."""
+
+
+class DependencyError(RuntimeError):
+    """An optional dependency a command needs is not installed (e.g. ``onnx`` for an ONNX export)."""
 
 
 class FormatError(ValueError):
@@ -75,6 +80,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (ConfigError, CoverageError, Mismatc
 USER_ERRORS: tuple[type[Exception], ...] = (
     *USAGE_ERRORS,
     DataError,
+    DependencyError,
     RunDirError,
     TrainingDiverged,
     FormatError,

@@ -28,6 +28,7 @@ from weightshare.core.quantized import QuantizedModel
 from weightshare.core.settings import Sections, apply_sections, section, to_sections, validate
 from weightshare.data.config import DataOverrides
 from weightshare.finish.config import FinishConfig
+from weightshare.methods.space import SearchSpace
 from weightshare.train.config import TrainConfig
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
@@ -64,13 +65,15 @@ class MethodConfig:
 
     Subclasses (``SWSConfig``, ``DCConfig``, ...) name their method with ``method`` (the TOML
     section of their own settings, the CLI subcommand and the registry key), say what it is in
-    ``description`` and list their ``presets`` (settings by section); the config's type alone says
+    ``description``, list their ``presets`` (settings by section) and the ranges ``weightshare tune``
+    searches (``search_space``, :mod:`weightshare.methods.space`); the config's type alone says
     which method runs. ``data`` holds what a run changes from its source run's data settings.
     """
 
     method: ClassVar[str] = ""
     description: ClassVar[str] = ""
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    search_space: ClassVar[SearchSpace] = {}
 
     train: TrainConfig = section(TrainConfig)
     data: DataOverrides = section(DataOverrides)
@@ -101,6 +104,20 @@ class MethodConfig:
             known = ", ".join(sorted(cls.presets)) or "(none)"
             raise ConfigError(f"unknown {cls.method} preset {name!r}; known: {known}")
         return cls.presets[name]
+
+    @classmethod
+    def preset_for_model(cls, model: str) -> str | None:
+        """The preset named after a model, if the method has one (``mlp``, the digits network: ``digits``).
+
+        >>> @dataclasses.dataclass
+        ... class Example(MethodConfig):
+        ...     method = "example"
+        ...     presets = {"digits": {}, "lenet5": {}}
+        >>> Example.preset_for_model("mlp"), Example.preset_for_model("lenet5"), Example.preset_for_model("wrn16_4")
+        ('digits', 'lenet5', None)
+        """
+        name = {"mlp": "digits"}.get(model, model)
+        return name if name in cls.presets else None
 
     @classmethod
     def section_names(cls) -> list[str]:

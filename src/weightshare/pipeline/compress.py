@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ __all__ = [
     "collapsed",
     "compress",
     "open_compress_run",
+    "resolve_recipe",
     "recorded_method",
     "result_warnings",
     "stored_config",
@@ -52,6 +54,7 @@ def compress(
     progress: bool = True,
     record_frames: bool = False,
     data: DataBundle | None = None,
+    on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Retrain the final model of run ``source`` with the recipe ``config``; write everything into ``out``.
 
@@ -59,8 +62,9 @@ def compress(
     ``compress("runs/lenet300", SWSConfig.preset("lenet300"), "runs/out")``. ``config.train`` drives the
     retraining (its ``model`` is always the source run's), ``config.data`` changes the source run's data
     settings, ``config.finish`` the stages after the method's hard assignment. ``record_frames`` keeps a
-    sample of the covered weights each epoch (for the scatter animation). Returns the report (also
-    written to ``out/report.json``); its ``warnings`` say whether the result collapsed (:func:`collapsed`).
+    sample of the covered weights each epoch (for the scatter animation); ``on_epoch(epoch, model)`` is called
+    after each retraining epoch's row is in ``metrics.csv`` (a search stops bad trials from it). Returns the
+    report (also written to ``out/report.json``); its ``warnings`` say whether the result collapsed (:func:`collapsed`).
     Ctrl-C raises :class:`~weightshare.core.errors.RunInterrupted`; ``resume=True`` continues.
     """
     method_class(config)  # not a method's config: refused before anything is read or written
@@ -70,7 +74,7 @@ def compress(
     else:
         check_new(out)
     model, source_run = load_run_model(source)
-    config, data_cfg = _resolve(config, source_run.config)
+    config, data_cfg = resolve_recipe(config, source_run.config)
     set_threads(config.train.threads)
     data = data or load_data(data_cfg)
     pretrained_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -86,9 +90,14 @@ def compress(
         save_tensors(run.path_of(MODEL_INIT), pretrained_state)
     with interruptible(run, "retrain", config.train.epochs):
         history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
-        recorder = _FrameRecorder(run, hooks) if record_frames else None
+        callbacks = [c for c in (_FrameRecorder(run, hooks) if record_frames else None, on_epoch) if c is not None]
+
+        def after_epoch(epoch: int, net: torch.nn.Module) -> None:
+            for callback in callbacks:
+                callback(epoch, net)
+
         fit(model, data, config.train, method=hooks, run=run, phase="retrain", resume=resume,
-            batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=recorder)  # fmt: skip
+            batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=after_epoch)  # fmt: skip
         errors["retrained"] = evaluate_model(model, data)
         return _finalize_and_finish(
             run, model, hooks, config, data, errors, batch_size=data_cfg.batch_size, progress=progress
@@ -147,7 +156,7 @@ def _finalize_and_finish(
     )
 
 
-def _resolve(config: MethodConfig, source: dict[str, Any]) -> tuple[MethodConfig, DataConfig]:
+def resolve_recipe(config: MethodConfig, source: dict[str, Any]) -> tuple[MethodConfig, DataConfig]:
     """The recipe as it runs from a source run with ``config.json`` ``source``: the source's model, and the
     source's data settings with ``config.data`` applied."""
     train = dataclasses.replace(config.train, model=source["train"]["model"])  # the weights are the source's
@@ -193,7 +202,7 @@ def write_and_report(
     model_name = str(qmodel.meta["model"])
     net = decoded.load_into(build_model(model_name, data.num_classes))
     errors = {**errors, "decoded": evaluate_model(net, data)}
-    report = build_report(run, errors=errors, written_bytes=nbytes)
+    report = build_report(run, errors=errors, written_bytes=nbytes, model=net, example_input=data.test.x[:1])
     report["method_summary"] = method_summary or {}
     report["warnings"] = result_warnings(report, data.num_classes, hint)
     write_report(run, report)

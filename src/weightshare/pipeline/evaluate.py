@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import COMPRESSED, CONFIG
 from weightshare.train.loop import evaluate_model
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["OpenedCheckpoint", "evaluate_checkpoint", "finished_file", "open_checkpoint"]
 
 
 def _load_file(path: Path, stored: dict[str, Any] | None) -> QuantizedModel:
@@ -31,7 +31,10 @@ def _load_file(path: Path, stored: dict[str, Any] | None) -> QuantizedModel:
     if path.suffix == ".wsz":
         from weightshare.codec import load_compressed
 
-        return load_compressed(path)
+        try:
+            return load_compressed(path)
+        except FormatError as exc:  # the codec's message does not know the file's name
+            raise FormatError(f"{path}: {exc}") from None
     made_for = (stored or {}).get("train", {}).get("model")
     return QuantizedModel([torch.zeros(1)], {}, load_tensors(path), {"model": made_for} if made_for else {})
 
@@ -74,7 +77,7 @@ def _data_for(stored: dict[str, Any] | None, dataset: str | None, data_dir: str 
     return validate(data_cfg)
 
 
-def _finished_file(path: Path) -> Path:
+def finished_file(path: Path) -> Path:
     """What ``evaluate RUN_DIR`` evaluates: a pretraining run as is, a compression run's ``model.wsz``."""
     run = open_run(path)
     if run_kind(run.config) != "compress":
@@ -89,15 +92,25 @@ def _finished_file(path: Path) -> Path:
     return run.path_of(COMPRESSED)
 
 
-def evaluate_checkpoint(
+class OpenedCheckpoint(NamedTuple):
+    """What a checkpoint resolves to: the file read, its weights (``None`` for a pretraining run), the model
+    holding them and the data it is evaluated on."""
+
+    path: Path
+    weights: QuantizedModel | None
+    model: nn.Module
+    data: DataBundle
+
+
+def open_checkpoint(
     checkpoint: str | os.PathLike,
     *,
     model: str | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
     normalize: str | None = None,
-) -> dict[str, float]:
-    """Validation and test error (%) of a run directory, a ``.safetensors`` or a ``.wsz`` file.
+) -> OpenedCheckpoint:
+    """A run directory, ``.safetensors`` or ``.wsz`` file as a model holding its weights, with its data.
 
     A file inside a run directory takes the model and data settings recorded there; a compression run's
     directory stands for its ``model.wsz``. A ``.wsz`` file elsewhere takes the model it records.
@@ -106,17 +119,31 @@ def evaluate_checkpoint(
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_dir():
-        path = _finished_file(path)
+        path = finished_file(path)
     run_path = path if path.is_dir() else path.parent
     stored = RunDir.open(run_path).config if (run_path / CONFIG.path).is_file() else None
     data_cfg = _data_for(stored, dataset, data_dir, normalize)
     data = load_data(data_cfg)
     if path.is_dir():
-        return evaluate_model(load_run_model(path, data.num_classes)[0], data)
+        return OpenedCheckpoint(path, None, load_run_model(path, data.num_classes)[0], data)
     weights = _load_file(path, stored)
     name = model or (stored or {}).get("train", {}).get("model") or weights.meta.get("model")
     if name is None:
         raise RunDirError(f"{path}: pass --model (no run directory with a config.json around it)")
     net = _model_for(path, weights, str(name), model is not None, data.num_classes)
     _check_inputs(net, str(name), data, data_cfg.dataset)
-    return evaluate_model(net, data)
+    return OpenedCheckpoint(path, weights, net, data)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    normalize: str | None = None,
+) -> dict[str, float]:
+    """Validation and test error (%) of a run directory, a ``.safetensors`` or a ``.wsz`` file
+    (found as :func:`open_checkpoint` says)."""
+    opened = open_checkpoint(checkpoint, model=model, dataset=dataset, data_dir=data_dir, normalize=normalize)
+    return evaluate_model(opened.model, opened.data)

@@ -37,7 +37,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from weightshare.core.io import load_tensors
 from weightshare.methods.base import FigureSpec, Method
 from weightshare.plots.artifacts import RunArtifacts
 from weightshare.runs.schema import FIGURES, FRAMES, REPORT
+
+if TYPE_CHECKING:
+    from weightshare.plots.summary import ParetoPoint
 
 # KINDS is served by the module's __getattr__ (computed on first use).
 __all__ = ["KINDS", "all_figures", "figure_specs", "make_gif", "method_class", "plot_pareto", "plot_run"]  # noqa: F822
@@ -168,7 +171,7 @@ def plot_pareto(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -
 
     Runs without a finished report (pretraining runs) are skipped with a note.
     """
-    from weightshare.plots.summary import draw_pareto, pareto_point
+    from weightshare.plots.summary import pareto_point
 
     points = []
     for run_dir in run_dirs:
@@ -179,11 +182,19 @@ def plot_pareto(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -
     if not points:
         raise RunDirError(f"no run with a {REPORT.path} among " + ", ".join(map(str, run_dirs)))
     out = Path(out)
-    path = out if out.suffix.lower() in (".png", ".pdf", ".svg") else out / "pareto.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from weightshare.plots.style import DPI, plt
+    return save_pareto(points, out if out.suffix.lower() in (".png", ".pdf", ".svg") else out / "pareto.png")
 
-    fig = draw_pareto(points)
+
+def save_pareto(
+    points: Sequence[ParetoPoint], path: str | os.PathLike, *, axis: str = "cr", error_label: str | None = None
+) -> Path:
+    """Draw :func:`~weightshare.plots.summary.draw_pareto` into ``path`` (error vs ``axis``: ``cr`` or ``bytes``)."""
+    from weightshare.plots.style import DPI, plt
+    from weightshare.plots.summary import draw_pareto
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = draw_pareto(points, axis=axis, **({"error_label": error_label} if error_label else {}))
     try:
         fig.savefig(path, dpi=DPI)
     finally:

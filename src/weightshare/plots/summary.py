@@ -208,10 +208,13 @@ def draw_filters(run: RunArtifacts, max_units: int = 32) -> Figure:
 
 @dataclass(frozen=True)
 class ParetoPoint:
+    """One result: its label, method, error (%), compression rate and, where known, the file's bytes."""
+
     label: str
     method: str
     error: float
     cr: float
+    bytes: float | None = None
 
 
 def pareto_point(run: RunArtifacts) -> ParetoPoint:
@@ -225,31 +228,38 @@ def pareto_point(run: RunArtifacts) -> ParetoPoint:
     cr = (report.get("file") or {}).get("cr_all") or (report.get("paper_style") or {}).get("cr")
     if error is None or cr is None:
         raise RunDirError(f"{run.path_of(REPORT)} lacks the test error or the compression rate")
-    return ParetoPoint(run.path.name, run.method, float(error), float(cr))
+    nbytes = (report.get("file") or {}).get("bytes")
+    return ParetoPoint(run.path.name, run.method, float(error), float(cr), None if nbytes is None else float(nbytes))
 
 
-def pareto_front(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:
-    """Points no other point beats on both compression rate (higher) and error (lower)."""
+def pareto_front(points: Sequence[ParetoPoint], axis: str = "cr") -> list[ParetoPoint]:
+    """Points no other point beats on both size (compression rate higher, or ``axis="bytes"``: fewer bytes) and
+    error (lower), in the order of the x axis."""
+    smaller = (lambda p: -p.cr) if axis == "cr" else (lambda p: p.bytes)
     front, best = [], math.inf
-    for p in sorted(points, key=lambda p: (-p.cr, p.error)):
+    for p in sorted(points, key=lambda p: (smaller(p), p.error)):
         if p.error < best:
             front.append(p)
             best = p.error
-    return sorted(front, key=lambda p: p.cr)
+    return sorted(front, key=lambda p: p.cr if axis == "cr" else p.bytes)
 
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
-def draw_pareto(points: Sequence[ParetoPoint]) -> Figure:
-    """Error vs compression rate, one marker per method, the Pareto front as a step line."""
+def draw_pareto(
+    points: Sequence[ParetoPoint], *, axis: str = "cr", error_label: str = "test error of the decoded model (%)"
+) -> Figure:
+    """Error vs compression rate (``axis="bytes"``: vs the file's bytes), one marker per method, the Pareto
+    front as a step line."""
+    x_of = (lambda p: p.cr) if axis == "cr" else (lambda p: p.bytes)
     fig = new_figure("pareto")
     ax = fig.subplots()
     methods = sorted({p.method for p in points})
     for i, method in enumerate(methods):
         mine = [p for p in points if p.method == method]
         ax.scatter(
-            [p.cr for p in mine],
+            [x_of(p) for p in mine],
             [p.error for p in mine],
             marker=_MARKERS[i % len(_MARKERS)],
             s=55,
@@ -259,12 +269,12 @@ def draw_pareto(points: Sequence[ParetoPoint]) -> Figure:
             edgecolors="black",
             linewidths=0.5,
         )
-    front = pareto_front(points)
-    # "pre": between two front points only the error of the higher compression rate is reached.
+    front = pareto_front(points, axis)
+    # Between two front points only the error of the higher compression rate (fewer bytes) is reached.
     ax.step(
-        [p.cr for p in front],
+        [x_of(p) for p in front],
         [p.error for p in front],
-        where="pre",
+        where="pre" if axis == "cr" else "post",
         color="0.3",
         linestyle="--",
         linewidth=1.2,
@@ -272,14 +282,13 @@ def draw_pareto(points: Sequence[ParetoPoint]) -> Figure:
         zorder=2,
     )
     for p in front:
-        ax.annotate(p.label, (p.cr, p.error), xytext=(5, 5), textcoords="offset points", fontsize=7)
+        ax.annotate(p.label, (x_of(p), p.error), xytext=(5, 5), textcoords="offset points", fontsize=7)
     plain_log_axis(ax, "x")
     ax.margins(x=0.12, y=0.12)  # room for the labels of the extreme points
-    ax.set(
-        xlabel="compression rate (× smaller than float32, log scale)",
-        ylabel="test error of the decoded model (%)",
-        title=f"Error vs compression over {len(points)} runs (lower right is better)",
-    )
+    xlabel, better = ("compression rate (× smaller than float32, log scale)", "right")
+    if axis != "cr":
+        xlabel, better = ("bytes of the .wsz file (log scale)", "left")
+    ax.set(xlabel=xlabel, ylabel=error_label, title=f"Error vs size over {len(points)} runs (lower {better} is better)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="method", fontsize=8)
     return fig

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
+
 from weightshare.codec import InspectReport, decode, file_rates, inspect
-from weightshare.core.errors import FormatError, RunDirError
+from weightshare.core.errors import DependencyError, FormatError, MismatchError, RunDirError
 from weightshare.core.io import write_json
 from weightshare.core.quantized import QuantizedModel, load_quantized
+from weightshare.export import dense_bytes, onnx_bytes, safetensors_bytes
 from weightshare.report.accounting import (
     PaperStyleReport,
     deep_compression_estimate,
@@ -27,7 +31,15 @@ from weightshare.report.accounting import (
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import COMPRESSED, QUANTIZED, REPORT, SUMMARY
 
-__all__ = ["PAPER_SCOPES", "build_report", "write_report", "summary_row", "format_summary"]
+__all__ = [
+    "FORMAT_NAMES",
+    "PAPER_SCOPES",
+    "build_report",
+    "format_sizes",
+    "write_report",
+    "summary_row",
+    "format_summary",
+]
 
 # What each paper-style rate counts. The papers' |W| includes the biases (Ullrich et al. 2017, Table 1:
 # 267K / 431K for the LeNets; Han et al. 2016 divide the size of every float32 parameter), so whenever the
@@ -53,13 +65,19 @@ def _read_compressed(run: RunDir) -> tuple[bytes, QuantizedModel]:
 
 
 def build_report(
-    run: RunDir, *, errors: dict[str, dict[str, float]], written_bytes: int | None = None
+    run: RunDir,
+    *,
+    errors: dict[str, dict[str, float]],
+    written_bytes: int | None = None,
+    model: nn.Module | None = None,
+    example_input: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Everything a compression run measured, for report.json, from the run's ``model.wsz`` alone.
 
     The byte count and file rates come from the file; every other figure from the model decoded from it.
     ``errors`` holds the measured test (and validation) errors, the decoded model's under ``"decoded"``.
-    ``written_bytes``, what the encoder said it wrote, is only checked against the file.
+    ``written_bytes``, what the encoder said it wrote, is only checked against the file. ``model`` (the
+    architecture) and ``example_input`` let the export formats' sizes include ONNX.
     """
     data, qmodel = _read_compressed(run)
     if written_bytes is not None and len(data) != written_bytes:
@@ -73,6 +91,7 @@ def build_report(
         "dataset": config.get("data", {}).get("dataset"),
         "errors": errors,
         "file": _file_section(inspected),
+        "formats": format_sizes(qmodel, len(data), model, example_input),
         "paper_style": _rates(paper, "paper-style (Han et al. 2016 CSR + relative index + Huffman)"),
         "dc_estimate": _rates(
             deep_compression_estimate(qmodel),
@@ -84,6 +103,44 @@ def build_report(
         "layers": _layers(qmodel, inspected, paper),
         "decoded_equals_quantized": _matches_checkpoint(run, qmodel),
     }
+
+
+# The export formats, as `weightshare export --format` names them, with what each holds (docs/export.md).
+FORMAT_NAMES = {
+    "wsz": "model.wsz (entropy-coded indices and positions)",
+    "onnx": "ONNX (indices + codebooks)",
+    "safetensors": "safetensors codebooks (bit-packed indices)",
+    "dense": "dense float32 safetensors",
+}
+
+
+def format_sizes(
+    qmodel: QuantizedModel,
+    wsz_bytes: int,
+    model: nn.Module | None = None,
+    example_input: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """The bytes of the same model in each export format beside ``.wsz``: ``{"bytes": {format: n or None},
+    "unavailable": {format: why}}``. ONNX needs the architecture, an input and the ``onnx`` package.
+
+    >>> from weightshare.core.quantized import QuantizedTensor
+    >>> q = QuantizedModel([torch.tensor([0.0, 1.0])], {"w": QuantizedTensor(torch.zeros(64, 64, dtype=torch.int64))})
+    >>> sizes = format_sizes(q, 30)
+    >>> sizes["bytes"]["wsz"], sizes["bytes"]["dense"] > 4 * 64 * 64, sizes["unavailable"]["onnx"]
+    (30, True, 'needs the model and an input')
+    """
+    sizes: dict[str, int | None] = {"wsz": wsz_bytes, "onnx": None}
+    unavailable = {}
+    if model is None or example_input is None:
+        unavailable["onnx"] = "needs the model and an input"
+    else:
+        try:
+            sizes["onnx"] = len(onnx_bytes(qmodel, model, example_input))
+        except (DependencyError, MismatchError, RuntimeError) as exc:  # a size line never fails the run
+            unavailable["onnx"] = str(exc).splitlines()[0]
+    sizes["safetensors"] = len(safetensors_bytes(qmodel))
+    sizes["dense"] = len(dense_bytes(qmodel))
+    return {"bytes": sizes, "unavailable": unavailable}
 
 
 def _values_only(qmodel: QuantizedModel) -> dict[str, Any]:
@@ -195,7 +252,17 @@ def format_summary(report: dict[str, Any]) -> str:
         f"paper-style estimate (Han et al. CSR + Huffman): {s['cr_paper_style_weights']:.1f}x weights only, "
         f"{s['cr_paper_style_with_biases']:.1f}x weights + biases",
     ]
+    if "formats" in report:
+        lines.append(_formats_line(report["formats"]["bytes"]))
     removed = sum(report.get("method_summary", {}).get("dead_weights_removed", {}).values())
     if removed:
         lines.insert(2, f"({removed:,} weights that never change the output removed after quantization; lossless)")
     return "\n".join(lines)
+
+
+def _formats_line(sizes: dict[str, int | None]) -> str:
+    """``exported: ONNX (indices + codebooks) 12,345 B (2.1x model.wsz); ...``: the formats that were sized."""
+    wsz = sizes["wsz"] or 1
+    parts = [f"{FORMAT_NAMES[name]} {n:,} B ({n / wsz:.1f}x model.wsz)" for name, n in sizes.items()
+             if name != "wsz" and n is not None]  # fmt: skip
+    return "the same model exported: " + "; ".join(parts)

@@ -8,6 +8,7 @@ import math
 from weightshare.core.settings import section, setting
 from weightshare.methods.admm.quant import MAX_BITS
 from weightshare.methods.base import AT_LEAST_ONE_EPOCH, MethodConfig
+from weightshare.methods.space import SearchRange
 from weightshare.train.config import TrainConfig
 from weightshare.train.presets import Preset
 
@@ -51,6 +52,16 @@ class AdmmConfig(MethodConfig):
     method = "admm"
     description = "sparsity-quantization joint learning by ADMM (Yang, Gui, Zhu & Liu 2020)"
     presets = ADMM_PRESETS
+    # The budgets trace the error/size trade-off (Yang et al. 2020, Table 3 varies them); rho and the rate
+    # decide whether the ADMM iterates meet their projections in time.
+    search_space = {
+        "admm": {
+            "nnz_budget": SearchRange(3e-3, 0.2, log=True),
+            "bit_budget": SearchRange(2.0, 5.0),
+            "rho": SearchRange(1e-3, 0.5, log=True),
+        },
+        "train": {"lr": SearchRange(1e-2, 0.2, log=True)},
+    }
 
     nnz_budget: float = setting(0.5, "non-zero budget: S = bit_budget x sum_l ceil(nnz_budget x n_l) bits", gt=0, le=1)
     bit_budget: float = setting(4.0, "bit budget: average bits per non-zero allowed by S", ge=1, le=MAX_BITS)

@@ -7,6 +7,7 @@ import dataclasses
 from weightshare.core.kmeans import INIT_METHODS
 from weightshare.core.settings import setting
 from weightshare.methods.base import MethodConfig
+from weightshare.methods.space import SearchRange
 from weightshare.train.presets import Preset
 
 __all__ = ["DCConfig", "DC_PRESETS"]
@@ -71,6 +72,16 @@ class DCConfig(MethodConfig):
     method = "dc"
     description = "Deep Compression (Han, Mao & Dally 2016)"
     presets = DC_PRESETS
+    # The schedule (rounds x epochs) fixes the train epochs, and the kept fractions are per layer, so a search
+    # varies what the paper left to the user per model: the bit widths, the centroid rate and the L2.
+    search_space = {
+        "dc": {
+            "bits_fc": SearchRange(3, 8, step=1),
+            "bits_conv": SearchRange(4, 8, step=1),
+            "lr_centroids": SearchRange(1e-6, 1e-3, log=True),
+        },
+        "train": {"weight_decay": SearchRange(1e-6, 1e-3, log=True)},
+    }
 
     prune_by: str = setting(
         "kept", "pruning rule: per-layer kept fractions, or |w| < quality * std(W)", choices=("kept", "std")

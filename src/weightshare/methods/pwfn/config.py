@@ -7,6 +7,7 @@ import dataclasses
 from weightshare.core.errors import ConfigError
 from weightshare.core.settings import setting
 from weightshare.methods.base import MethodConfig
+from weightshare.methods.space import SearchRange
 from weightshare.train.presets import Preset
 
 __all__ = ["PWFNConfig", "PWFN_PRESETS", "check_schedule"]
@@ -82,6 +83,16 @@ class PWFNConfig(MethodConfig):
     method = "pwfn"
     description = "probabilistic weight fixing (Subia-Waud & Dasmahapatra 2023)"
     presets = PWFN_PRESETS
+    # reg and lr_sigma set how far the sigmas grow and so how many distinct values survive; b how small a
+    # centre may be (docs/methods.md#pwfn-presets explains why both depend on the data set's size).
+    search_space = {
+        "pwfn": {
+            "reg": SearchRange(2.0**-12, 0.5, log=True),
+            "lr_sigma": SearchRange(1e-4, 1e-1, log=True),
+            "b": SearchRange(6, 10, step=1),
+            "delta": SearchRange(0.5, 2.0),
+        }
+    }
 
     schedule: list[float] = setting(
         PAPER_SCHEDULE,

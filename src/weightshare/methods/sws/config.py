@@ -7,6 +7,7 @@ import dataclasses
 from weightshare.core.settings import section, setting
 from weightshare.finish.config import FinishConfig
 from weightshare.methods.base import AT_LEAST_ONE_EPOCH, MethodConfig
+from weightshare.methods.space import SearchRange
 from weightshare.methods.sws.prior import MixtureConfig
 from weightshare.train.config import TrainConfig
 from weightshare.train.presets import Preset
@@ -87,6 +88,18 @@ class SWSConfig(MethodConfig, MixtureConfig):
     method = "sws"
     description = "soft weight-sharing (Ullrich, Meeds & Welling 2017)"
     presets = SWS_PRESETS
+    # tau sets the sparsity (the paper's LeNet runs: 5e-3 to 5e-2) and the mixture's rates how fast the
+    # components follow the weights; the paper tuned these by Bayesian optimisation (Sec. 4.1).
+    search_space = {
+        "sws": {
+            "tau": SearchRange(3e-3, 2e-1, log=True),
+            "pi0": SearchRange(0.9, 0.999),
+            "lr_w": SearchRange(2e-4, 3e-3, log=True),
+            "lr_means": SearchRange(3e-5, 1e-3, log=True),
+            "lr_precisions": SearchRange(1e-3, 3e-2, log=True),
+            "lr_mixing": SearchRange(1e-3, 3e-2, log=True),
+        }
+    }
 
     # tau = 0 leaves the mixture untrained: every weight would be assigned to a component it never met.
     tau: float = setting(5e-3, "weight of the complexity loss: loss = CE + tau/N * L_C", gt=0)
