@@ -39,7 +39,19 @@ def seed_files() -> list[bytes]:
                        {"fc1.bias": torch.randn(40, generator=g)}, {"method": "dc", "model": "toy"})  # fmt: skip
     single = QuantizedModel([torch.tensor([0.0, 1.0])], {"w": QuantizedTensor(torch.tensor([[0, 1], [1, 1]]))})
     zeros = QuantizedModel([torch.tensor([0.0])], {"z": QuantizedTensor(torch.zeros(1000, dtype=torch.int64))})
-    return [encode(q), encode(q, float16=True), encode(single), encode(zeros)]
+    # Format version 2: element types of every kind and a tensor stored once under two names.
+    kinds = {"h": torch.randn(5, generator=g).half(), "b": torch.randn(3, generator=g).bfloat16(), "n": torch.tensor(7),
+             "m": torch.tensor([True, False, True]), "u": torch.arange(4, dtype=torch.uint8)}  # fmt: skip
+    typed = QuantizedModel(cbs, {"e.weight": QuantizedTensor(dense, 0, torch.bfloat16)}, kinds,
+                           aliases={"head.weight": "e.weight", "k": "n"})  # fmt: skip
+    return [
+        encode(q),
+        encode(q, float16=True),
+        encode(single),
+        encode(zeros),
+        encode(typed),
+        encode(typed, float16=True),
+    ]
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:

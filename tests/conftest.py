@@ -27,6 +27,49 @@ def mnist_dir() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def fashion_dir() -> Path:
+    if not (SHARED_DATA / "fashion-mnist").is_dir():
+        pytest.skip(f"Fashion-MNIST not found in {SHARED_DATA} (set WEIGHTSHARE_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def fake_idx(monkeypatch):
+    """``fake_idx(root, dataset, tamper=None)``: small random IDX files (30 training, 10 test images) with the
+    official names in ``root``'s folder for ``dataset``, its MD5s patched to match them except ``tamper``'s;
+    returns the arrays written."""
+    import dataclasses
+    import gzip
+    import hashlib
+
+    import numpy as np
+
+    from weightshare.data import datasets as wsdata
+
+    def write(root: Path, dataset: str, tamper: str | None = None) -> dict[str, np.ndarray]:
+        spec = wsdata.IDX_DATASETS[dataset]
+        folder = root / spec.folders[0]
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        arrays = {
+            "train-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)).astype(np.uint8),
+            "train-labels-idx1-ubyte": rng.integers(0, 10, 30).astype(np.uint8),
+            "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28)).astype(np.uint8),
+            "t10k-labels-idx1-ubyte": rng.integers(0, 10, 10).astype(np.uint8),
+        }
+        md5s = {}
+        for name, array in arrays.items():
+            dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+            raw = bytes([0, 0, 0x08, array.ndim]) + dims + array.tobytes()
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+            md5s[name] = "0" * 32 if name == tamper else hashlib.md5(raw).hexdigest()
+        monkeypatch.setitem(wsdata.IDX_DATASETS, dataset, dataclasses.replace(spec, md5=md5s))
+        return arrays
+
+    return write
+
+
 @pytest.fixture(scope="session")
 def digits():
     from weightshare.data.config import DataConfig
@@ -157,3 +200,24 @@ def compressed(pretrained, sws_quick, tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         assert main(["compress", "sws", "--from", str(pretrained), "--out", str(out), *sws_quick, "--quiet"]) == 0
     return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """``run_python(*ARGS, cwd=DIR)``: ``python ARGS`` in a subprocess importing this checkout's weightshare, one
+    torch thread per process (torchrun and Lightning's DDP start several); returns the finished process.
+    ``ranks=N``: ``torchrun --standalone --nproc_per_node=N ARGS`` instead; ``env``: more variables."""
+    import subprocess
+    import sys
+
+    import weightshare
+
+    base = {**os.environ, "PYTHONPATH": str(Path(weightshare.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+
+    def run(*args: str, cwd: Path, ranks: int = 0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else []
+        command = [sys.executable, *torchrun, *args]
+        every = {**base, **(env or {})}
+        return subprocess.run(command, cwd=cwd, env=every, capture_output=True, text=True, timeout=300)
+
+    return run

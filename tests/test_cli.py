@@ -106,6 +106,20 @@ def test_existing_output_is_refused(pretrained, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_a_fashion_mnist_run_records_its_dataset_and_is_evaluated_on_it(fake_idx, tmp_path, capsys):
+    # --model lenet300 picks the lenet300 recipe (MNIST); --dataset wins over it, and the run directory says so.
+    fake_idx(tmp_path / "data", "fashion-mnist")
+    pre = tmp_path / "pre"
+    argv = ["pretrain", "--model", "lenet300", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data")]
+    assert main([*argv, "--val-size", "5", "--epochs", "1", "--out", str(pre), "--quiet"]) == 0
+    assert "pretrained lenet300 on fashion-mnist" in capsys.readouterr().out
+    config = json.loads((pre / "config.json").read_text())
+    assert config["data"]["dataset"] == "fashion-mnist" and config["train"]["model"] == "lenet300"
+    result = json.loads((pre / "result.json").read_text())
+    assert main(["evaluate", str(pre)]) == 0  # reads the 10 fake Fashion-MNIST test images the run recorded
+    assert f"test error {result['test_error']:.2f}%" in capsys.readouterr().out
+
+
 def test_compress_val_size_zero_retrains_on_every_training_image(mnist_dir, tmp_path):
     pre, out = tmp_path / "pre", tmp_path / "sws"
     common = ["--data-dir", str(mnist_dir), "--epochs", "1", "--quiet"]

@@ -30,6 +30,7 @@ RANK = {
     "report": 4,
     "plots": 5,
     "pipeline": 6,
+    "lightning": 6,  # the Lightning callback: a pipeline of its own, for a user's Trainer
     "search": 7,
     "cli": 8,
     "__main__": 9,

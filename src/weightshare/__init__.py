@@ -5,7 +5,7 @@ pretrain (or load) -> retrain with a method -> QuantizedModel -> .wsz file -> de
 
 from weightshare.codec import check_compatible, decode, encode, load_compressed, save_compressed
 from weightshare.codec.inspect import file_rates, format_inspect, inspect
-from weightshare.core.coverage import covered_parameters
+from weightshare.core.coverage import CoverageRule, covered_parameters
 from weightshare.core.errors import (
     ConfigError,
     DataError,
@@ -91,6 +91,7 @@ __all__ = [
     "compress",
     "count_parameters",
     "covered_parameters",
+    "CoverageRule",
     "decode",
     "encode",
     "evaluate",

@@ -23,6 +23,7 @@ from weightshare.core.errors import USAGE_ERRORS, USER_ERRORS, ConfigError, RunI
 from weightshare.data.config import DataConfig
 from weightshare.models.architectures import MODELS
 from weightshare.train.config import TrainConfig
+from weightshare.train.distributed import is_main_process
 from weightshare.train.presets import PRETRAIN_PRESETS, get_preset
 
 if TYPE_CHECKING:
@@ -187,6 +188,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         preset = get_preset(PRETRAIN_PRESETS, name, "pretrain")
         data_cfg, train_cfg = resolve_settings([DataConfig, TrainConfig], args, preset, preset_name=name)
     final = pretrain(data_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if not is_main_process():  # another rank of a torchrun launch: rank 0 reports
+        return 0
     print(
         f"pretrained {train_cfg.model} on {data_cfg.dataset}: val error {final['val_error']:.2f}%, "
         f"test error {final['test_error']:.2f}% -> {args.out}"
@@ -310,6 +313,8 @@ def _compress(args: argparse.Namespace) -> int:
     report = compress(
         args.source, config, args.out, resume=args.resume, progress=not args.quiet, record_frames=args.make_gif
     )
+    if not is_main_process():
+        return 0
     print(format_summary(report))
     for warning in report["warnings"]:
         print(f"{_prog(args)}: warning: {warning['message']}", file=sys.stderr)
@@ -449,8 +454,8 @@ def _decode(args: argparse.Namespace) -> int:
 
     qmodel = load_compressed(args.file)
     export_dense(qmodel, args.out)  # the same file as weightshare export --format dense
-    print(f"{args.out}: {len(qmodel.quantized) + len(qmodel.dense)} tensors, "
-          f"{qmodel.num_quantized + qmodel.num_dense:,} parameters (float32)")  # fmt: skip
+    values = qmodel.num_quantized + qmodel.num_dense
+    print(f"{args.out}: {len(qmodel.quantized) + len(qmodel.dense)} tensors, {values:,} values")
     return 0
 
 

@@ -7,6 +7,7 @@ import random
 import struct
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from weightshare.codec import (
 from weightshare.codec.ans import GapCode, ans_decode, ans_encode, entropy_bits
 from weightshare.codec.bitstream import Reader, pack_bits, unpack_bits, varint
 from weightshare.codec.container import MAGIC
+from weightshare.core.coverage import covered_parameters
 from weightshare.core.errors import FormatError
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor
 
@@ -115,7 +117,8 @@ def test_edge_cases_cost_what_they_should() -> None:
     assert rows["zeros"].total_bytes == 2 and rows["zeros"].nnz == 0  # 400k zeros: two empty tables
     assert rows["one_symbol"].stream_bytes == 0 and rows["one_symbol"].unique == 1
     assert rows["empty"].total_bytes == 1 and rows["scalar"].stream_bytes == 0
-    assert len(data) == 110  # 38 of them are the names; the codebook takes 12
+    # 38 of them are the names; the codebook takes 12; one element-type byte per tensor and the alias count: 6
+    assert len(data) == 116
 
 
 def test_index_stream_reaches_the_empirical_entropy() -> None:
@@ -198,14 +201,14 @@ def test_refuses_truncated_foreign_newer_and_corrupted_files() -> None:
             decode(data[:n])
     with pytest.raises(FormatError, match="not a .wsz"):
         decode(b"PK\x03\x04" + data[4:])
-    with pytest.raises(FormatError, match="newer format version 2"):
-        decode(data[:4] + b"\x02" + data[5:])
+    with pytest.raises(FormatError, match="newer format version 3"):
+        decode(data[:4] + b"\x03" + data[5:])
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
     with pytest.raises(FormatError, match="checksum"):
         decode(bytes(flipped))
     with pytest.raises(FormatError, match="body"):
-        decode(with_crc(data[10:] + b"\0"))  # trailing garbage
+        decode(with_crc(data[10:] + b"\0", data[:6]))  # trailing garbage
 
 
 def test_refuses_absurd_sizes_before_allocating() -> None:
@@ -295,3 +298,154 @@ def test_float16_option() -> None:
     big = QuantizedModel([torch.tensor([0.0, 1e6])], {}, {})
     with pytest.raises(ValueError, match="float16 range"):
         encode(big, float16=True)
+
+
+# --- format version 2: element types, aliases; version 1 still read ----------------------------------
+def version1_model() -> QuantizedModel:
+    """What tests/codec/version1*.wsz hold: written once by the version-1 encoder, kept as they are."""
+    g = torch.Generator().manual_seed(20)
+    sparse = torch.zeros(30, 200, dtype=torch.int64)
+    sparse[::3, ::37] = torch.randint(1, 9, (10, 6), generator=g)
+    sparse[29, 199] = 3
+    dense = torch.randint(0, 5, (8, 3, 5), generator=g)
+    codebooks = [torch.tensor([0.0, 0.125, -0.125, 0.25, -0.25]), torch.linspace(0, 1, 9)]
+    quantized = {"fc1.weight": QuantizedTensor(sparse, 1), "conv.weight": QuantizedTensor(dense, 0)}
+    dense_tensors = {"fc1.bias": torch.randn(30, generator=g), "bn.running_var": torch.rand(4, generator=g)}
+    return QuantizedModel(codebooks, quantized, dense_tensors, {"method": "dc", "model": "toy"})
+
+
+@pytest.mark.parametrize("float16", [False, True])
+def test_version1_files_still_decode(float16: bool) -> None:
+    data = (Path(__file__).parent / f"version1{'-float16' if float16 else ''}.wsz").read_bytes()
+    assert data[4] == 1
+    decoded = decode(data)
+    assert_same(version1_model(), decoded, float16=float16)
+    assert all(qt.dtype == torch.float32 for qt in decoded.quantized.values()) and decoded.aliases == {}
+    report = inspect(data)
+    assert report.version == 1 and report.file_bytes == len(data)
+    assert encode(decoded, float16=float16)[4] == 2  # written again: the current version
+
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
+          torch.int8, torch.uint8, torch.bool]  # fmt: skip
+
+
+def _tensor_of(dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    if dtype == torch.bool:
+        return torch.rand(3, 5, generator=g) > 0.5
+    if dtype.is_floating_point:
+        t = (torch.randn(3, 5, generator=g) * 1e3).to(dtype)
+        t[0, :3] = torch.tensor([float("inf"), -0.0, float("nan")])
+        return t
+    info = torch.iinfo(dtype)
+    return torch.tensor([info.min, info.max, 0, -1 if info.min else 1, 7] * 3, dtype=dtype).reshape(3, 5)
+
+
+@pytest.mark.parametrize("float16", [False, True])
+def test_dense_tensors_of_every_dtype_come_back_bit_for_bit(float16: bool) -> None:
+    g = torch.Generator().manual_seed(3)
+    dense = {f"t.{str(d)[6:]}": _tensor_of(d, g) for d in DTYPES}
+    idx = torch.randint(0, 3, (4, 4), generator=g)
+    quantized = {f"q.{str(d)[6:]}": QuantizedTensor(idx, 0, d) for d in (torch.float16, torch.bfloat16)}
+    q = QuantizedModel([torch.tensor([0.0, 0.5, -1.5])], quantized, dense)
+    back = decode(encode(q, float16=float16))
+    for name, t in dense.items():
+        got = back.dense[name]
+        assert got.dtype == t.dtype and got.shape == t.shape, name
+        if t.dtype == torch.float32 and float16:  # the flag: float32 values rounded to float16, as asked
+            assert torch.equal(got.view(torch.int32), t.half().float().view(torch.int32)), name
+        else:
+            assert torch.equal(got.view(torch.uint8), t.view(torch.uint8)), name  # every bit, NaN included
+    assert {n: qt.dtype for n, qt in back.quantized.items()} == {
+        "q.float16": torch.float16,
+        "q.bfloat16": torch.bfloat16,
+    }
+    assert back.to_state_dict()["q.bfloat16"].dtype == torch.bfloat16
+    rows = {r.name: r for r in inspect(encode(q)).rows}
+    assert rows["t.int64"].stream_bytes == 15 * 8 and rows["t.bool"].stream_bytes == 15
+    assert rows["t.bfloat16"].dtype == "bfloat16" and rows["q.float16"].dtype == "float16"
+    assert inspect(encode(q)).num_params == 4 * 15 + 2 * 16  # integer and bool tensors are not parameters
+
+
+def test_a_shared_tensor_is_stored_once() -> None:
+    idx = torch.randint(0, 3, (50, 40), generator=torch.Generator().manual_seed(1))
+    single = QuantizedModel([torch.tensor([0.0, 0.5, -0.5])], {"emb.weight": QuantizedTensor(idx)})
+    shared = QuantizedModel(single.codebooks, dict(single.quantized), aliases={"head.weight": "emb.weight"})
+    extra = len(encode(shared)) - len(encode(single))
+    # The name part "head" with its length, two part ids, the entry it points at: no second tensor.
+    assert extra == len("head") + 1 + 2 + 1
+    back = decode(encode(shared))
+    assert back.aliases == {"head.weight": "emb.weight"}
+    state = back.to_state_dict()
+    assert state["head.weight"] is state["emb.weight"]
+    assert inspect(encode(shared)).aliases == {"head.weight": "emb.weight"}
+
+
+def test_refuses_unknown_element_types_and_bad_bools() -> None:
+    with pytest.raises(ValueError, match="x: dtype torch.complex64 cannot be stored"):
+        encode(QuantizedModel([torch.zeros(1)], {}, {"x": torch.zeros(2, dtype=torch.complex64)}))
+    data = encode(QuantizedModel([torch.zeros(1)], {}, {"m": torch.tensor([True, False])}))
+    assert data[-2:] == b"\x01\x00"
+    with pytest.raises(FormatError, match="m: a bool tensor holds a byte other than 0 or 1"):
+        decode(with_crc(data[10:-2] + b"\x02\x00", data[:6]))
+    code_at = data.index(b"\x09\x01\x02")  # dtype bool, 1 dimension of 2
+    with pytest.raises(FormatError, match="m: unknown or unsuitable element type code 10"):
+        decode(with_crc(data[10:code_at] + b"\x0a" + data[code_at + 1 :], data[:6]))
+
+
+class EveryKindOfTensor(nn.Module):
+    """BatchNorm, depthwise and grouped convolutions, bias-free layers, a bare parameter, an embedding
+    tied to the output layer, attention, float16 and bfloat16 layers, int64 and bool buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, bias=False)
+        self.depthwise = nn.Conv2d(8, 8, 3, groups=8)
+        self.grouped = nn.Conv2d(8, 8, 1, groups=2, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.embed = nn.Embedding(12, 8)
+        self.attention = nn.MultiheadAttention(8, 2)
+        self.head = nn.Linear(8, 12, bias=False)
+        self.head.weight = self.embed.weight
+        self.scale = nn.Parameter(torch.randn(8))
+        self.half = nn.Linear(8, 8).half()
+        self.brain = nn.Linear(8, 4).to(torch.bfloat16)
+        self.register_buffer("mask", torch.rand(8) > 0.5)
+        self.register_buffer("steps", torch.arange(5) * 1_000_000_007)
+
+
+def test_any_module_comes_back_entry_for_entry() -> None:
+    torch.manual_seed(0)
+    model = EveryKindOfTensor()
+    model.bn(torch.randn(2, 8, 5, 5))  # running statistics and num_batches_tracked move away from their start
+    codebook = torch.linspace(-0.5, 0.5, 17)
+    codebook = torch.cat([torch.zeros(1), codebook[codebook != 0]])
+    covered = covered_parameters(model)
+    assert "head.weight" not in covered and "attention.in_proj_weight" in covered and "half.weight" in covered
+    nearest = {n: (p.detach().float().reshape(-1, 1) - codebook).abs().argmin(1) for n, p in covered.items()}
+    q = QuantizedModel.from_assignments(model.state_dict(), nearest, [codebook])
+    assert q.aliases == {"head.weight": "embed.weight"}
+    assert q.quantized["brain.weight"].dtype == torch.bfloat16 and q.dense["steps"].dtype == torch.int64
+
+    torch.manual_seed(1)
+    restored = decode(encode(q)).load_into(EveryKindOfTensor())
+    expected = {n: q.to_state_dict()[n] for n in model.state_dict()}
+    for name, tensor in restored.state_dict().items():
+        original = model.state_dict()[name]
+        assert tensor.dtype == original.dtype and tensor.shape == original.shape, name
+        assert torch.equal(tensor, expected[name]), name
+        if name not in covered and name != "head.weight":
+            assert torch.equal(tensor, original), name  # every dense entry exactly as the model held it
+    assert int(restored.bn.num_batches_tracked) == 1 and restored.head.weight is restored.embed.weight
+    assert torch.equal(restored.head.weight, codebook[nearest["embed.weight"]].reshape(12, 8))
+
+
+def test_load_into_ties_an_untied_model_again() -> None:
+    shared = QuantizedModel(
+        [torch.tensor([0.0, 1.0])],
+        {"0.weight": QuantizedTensor(torch.ones(3, 3, dtype=torch.int64))},
+        aliases={"1.weight": "0.weight"},
+    )
+    net = shared.load_into(nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)))
+    assert net[1].weight is net[0].weight and isinstance(net[1].weight, nn.Parameter)
+    assert [n for n, _ in net.named_parameters()] == ["0.weight"]

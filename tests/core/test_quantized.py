@@ -77,8 +77,8 @@ def test_bad_checkpoints_are_refused(tmp_path) -> None:
     with pytest.raises(FormatError, match="inconsistent quantized checkpoint"):
         load_quantized(broken)
     newer = tmp_path / "newer.safetensors"
-    save_file({"codebook.0": torch.zeros(1)}, str(newer), metadata=meta | {"quantized": "[]", "version": "2"})
-    with pytest.raises(FormatError, match="checkpoint version '2'"):
+    save_file({"codebook.0": torch.zeros(1)}, str(newer), metadata=meta | {"quantized": "[]", "version": "3"})
+    with pytest.raises(FormatError, match="checkpoint version '3'"):
         load_quantized(newer)
 
 
@@ -91,3 +91,43 @@ def test_dense_tensors_do_not_follow_the_model_afterwards():
     with torch.no_grad():
         net.bias.add_(1.0)
     assert torch.equal(q.dense["bias"], kept)
+
+
+def test_from_assignments_keeps_every_entry_and_finds_shared_ones() -> None:
+    net = nn.Sequential(nn.Embedding(4, 2), nn.BatchNorm1d(2), nn.Linear(2, 4, bias=False))
+    net[2].weight = net[0].weight
+    net[1].half()
+    q = QuantizedModel.from_assignments(net.state_dict(), {"0.weight": torch.ones(4, 2)}, [torch.tensor([0.0, 0.5])])
+    assert q.aliases == {"2.weight": "0.weight"} and list(q.quantized) == ["0.weight"]
+    assert {n: t.dtype for n, t in q.dense.items()} == {
+        "1.weight": torch.float16,
+        "1.bias": torch.float16,
+        "1.running_mean": torch.float16,
+        "1.running_var": torch.float16,
+        "1.num_batches_tracked": torch.int64,
+    }
+    clones = {k: v.clone() for k, v in net.state_dict().items()}  # copies share nothing: nothing is an alias
+    assert QuantizedModel.from_assignments(clones, {}, [torch.zeros(1)]).aliases == {}
+    with pytest.raises(KeyError, match="second names"):
+        QuantizedModel.from_assignments(net.state_dict(), {"2.weight": torch.ones(4, 2)}, [torch.tensor([0.0, 1.0])])
+    with pytest.raises(ValueError, match="alias 'x': must be a new name for a stored tensor"):
+        QuantizedModel([torch.zeros(1)], {}, {"y": torch.zeros(1)}, aliases={"x": "z"})
+
+
+def test_checkpoint_keeps_dtypes_and_aliases(tmp_path) -> None:
+    q = QuantizedModel(
+        [torch.tensor([0.0, 0.5])],
+        {"e.weight": QuantizedTensor(torch.tensor([[1, 0]]), 0, torch.bfloat16)},
+        {"n": torch.tensor(7), "m": torch.tensor([True, False])},
+        aliases={"h.weight": "e.weight"},
+    )
+    save_quantized(q, tmp_path / "q.safetensors")
+    back = load_quantized(tmp_path / "q.safetensors")
+    assert back.quantized["e.weight"].dtype == torch.bfloat16 and back.aliases == {"h.weight": "e.weight"}
+    assert back.dense["n"].dtype == torch.int64 and back.dense["m"].dtype == torch.bool
+    version1 = tmp_path / "v1.safetensors"
+    meta = {"format": "weightshare.quantized", "version": "1", "codebooks": "1", "dense": "[]", "meta": "{}"}
+    tensors = {"codebook.0": torch.tensor([0.0, 0.5]), "q.w": torch.tensor([1, 0], dtype=torch.uint8)}
+    save_file(tensors, str(version1), metadata=meta | {"quantized": json.dumps([["w", 0]])})
+    old = load_quantized(version1)
+    assert old.quantized["w"].dtype == torch.float32 and old.to_state_dict()["w"].tolist() == [0.5, 0.0]

@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import io
 import shutil
 
 import numpy as np
@@ -30,57 +31,85 @@ def test_read_idx_rejects_bad_magic_and_size():
         read_idx(_idx(np.zeros(3, dtype=np.uint8))[:-1], "short")
 
 
-def _fake_mnist(root, tamper=None):
-    """Small IDX files with the official names; MD5s patched to match unless ``tamper`` names a file."""
-    folder = root / "mnist"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, 30),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28)),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 10),
-    }
-    md5s = {}
-    for name, array in arrays.items():
-        raw = _idx(array)
-        (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
-        md5s[name] = "0" * 32 if name == tamper else hashlib.md5(raw).hexdigest()
-    return md5s, arrays
-
-
-def test_mnist_from_fake_files(tmp_path, monkeypatch):
-    md5s, arrays = _fake_mnist(tmp_path)
-    monkeypatch.setattr(wsdata, "MNIST_FILES", md5s)
-    bundle = load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), val_size=5, download=False))
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_idx_dataset_from_fake_files(fake_idx, tmp_path, dataset):
+    arrays = fake_idx(tmp_path, dataset)
+    bundle = load_data(DataConfig(dataset=dataset, data_dir=str(tmp_path), val_size=5, download=False))
+    assert bundle.name == dataset
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (25, 5, 10)
     assert float(bundle.test.x.max()) <= 1.0 and float(bundle.test.x.min()) >= 0.0
     expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"].astype(np.float32) / 255).unsqueeze(1)
     assert torch.equal(bundle.test.x, expected)
+    assert torch.equal(bundle.test.y, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]))
 
 
-def test_md5_mismatch_names_the_file(tmp_path, monkeypatch):
-    md5s, _ = _fake_mnist(tmp_path, tamper="t10k-labels-idx1-ubyte")
-    monkeypatch.setattr(wsdata, "MNIST_FILES", md5s)
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: MD5 .* does not match"):
-        load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=False))
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_md5_mismatch_names_the_file(fake_idx, tmp_path, dataset):
+    fake_idx(tmp_path, dataset, tamper="t10k-labels-idx1-ubyte")
+    with pytest.raises(DataError, match=f"{dataset}/t10k-labels-idx1-ubyte.gz: MD5 .* does not match"):
+        load_data(DataConfig(dataset=dataset, data_dir=str(tmp_path), download=False))
 
 
-def test_missing_files_say_what_to_do(tmp_path):
+def test_a_corrupted_fashion_mnist_file_is_refused_by_its_md5(fashion_dir, tmp_path):
+    """The real MD5s: one changed label in a copy of the official files is caught, and so is a broken gzip."""
+    folder = tmp_path / "fashion-mnist"
+    shutil.copytree(fashion_dir / "fashion-mnist", folder)
+    raw = bytearray(gzip.decompress((folder / "train-labels-idx1-ubyte.gz").read_bytes()))
+    raw[100] = (raw[100] + 1) % 10  # still a valid IDX file with labels in range
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(
+        DataError, match=r"train-labels-idx1-ubyte.gz: MD5 \w+ does not match the official Fashion-MNIST"
+    ):
+        load_data(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path), download=False))
+    shutil.copy(fashion_dir / "fashion-mnist" / "train-labels-idx1-ubyte.gz", folder)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: corrupt gzip file"):
+        wsdata.load_idx_arrays(wsdata.FASHION_MNIST, tmp_path, download=False)
+
+
+@pytest.mark.parametrize(("dataset", "folders"), [("mnist", ["mnist", "."]), ("fashion-mnist", ["fashion-mnist"])])
+def test_missing_files_say_what_to_do(tmp_path, dataset, folders):
     with pytest.raises(DataError) as info:
-        load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=False))
+        load_data(DataConfig(dataset=dataset, data_dir=str(tmp_path), download=False))
     text = str(info.value)
-    assert str(tmp_path / "mnist") in text
-    for name in wsdata.MNIST_FILES:
+    spec = wsdata.IDX_DATASETS[dataset]
+    assert text.startswith(f"{spec.title} files missing in {tmp_path / folders[0]}")
+    for name in spec.md5:
         assert name in text
-    assert "--data-dir" in text and "WEIGHTSHARE_DATA" in text
+    assert "--data-dir" in text and "WEIGHTSHARE_DATA" in text and spec.homepage in text
+
+
+def test_a_download_that_fails_or_serves_wrong_bytes_is_not_kept(fake_idx, tmp_path, monkeypatch):
+    served = {"calls": []}
+
+    def urlopen(url, timeout):
+        served["calls"].append(url)
+        if "s3-website" in url:
+            raise OSError("no network")
+        return io.BytesIO(gzip.compress(b"not the official file"))
+
+    monkeypatch.setattr(wsdata.urllib.request, "urlopen", urlopen)
+    with pytest.raises(DataError, match="Fashion-MNIST files missing"):
+        load_data(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path)))
+    assert len(served["calls"]) == 8  # both official mirrors tried for each of the four files
+    assert not (tmp_path / "fashion-mnist").exists() or not any((tmp_path / "fashion-mnist").iterdir())
+
+
+def test_a_missing_file_is_downloaded_into_the_data_directory(fake_idx, tmp_path, monkeypatch):
+    arrays = fake_idx(tmp_path / "source", "fashion-mnist")
+    (tmp_path / "source" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").rename(tmp_path / "upstream.gz")
+    upstream = (tmp_path / "upstream.gz").read_bytes()
+    monkeypatch.setattr(wsdata.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(upstream))
+    bundle = load_data(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "source"), val_size=5))
+    assert torch.equal(bundle.test.y, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]))
+    assert (tmp_path / "source" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
 def test_real_mnist(mnist_dir, tmp_path):
     # raw (uncompressed) files are accepted too
     raw_dir = tmp_path / "raw"
     raw_dir.mkdir()
-    for name in wsdata.MNIST_FILES:
+    for name in wsdata.MNIST.md5:
         with gzip.open(mnist_dir / "mnist" / f"{name}.gz") as src, open(raw_dir / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
     bundle = load_data(DataConfig(dataset="mnist", data_dir=str(raw_dir), download=False))
@@ -90,6 +119,24 @@ def test_real_mnist(mnist_dir, tmp_path):
     assert abs(float(standard.train.x.mean())) < 0.02 and abs(float(standard.train.x.std()) - 1) < 0.02
     # the same seed gives the same validation split
     assert torch.equal(bundle.val.y, standard.val.y)
+
+
+def test_real_fashion_mnist(fashion_dir):
+    """Debian's re-gzipped files pass the MD5 check of the uncompressed originals; 6,000 / 1,000 images a class."""
+    for name, md5 in wsdata.FASHION_MNIST.md5.items():
+        assert (
+            hashlib.md5(gzip.decompress((fashion_dir / "fashion-mnist" / f"{name}.gz").read_bytes())).hexdigest() == md5
+        )
+    bundle = load_data(DataConfig(dataset="fashion-mnist", data_dir=str(fashion_dir), download=False))
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (55000, 5000, 10000)
+    assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
+    assert bundle.test.y.bincount().tolist() == [1000] * 10
+    assert (bundle.train.y.bincount() + bundle.val.y.bincount()).tolist() == [6000] * 10
+    assert float(bundle.train.x.min()) == 0.0 and float(bundle.train.x.max()) == 1.0
+    standard = load_data(
+        DataConfig(dataset="fashion-mnist", data_dir=str(fashion_dir), normalize="standard", download=False)
+    )
+    assert abs(float(standard.train.x.mean())) < 0.02 and abs(float(standard.train.x.std()) - 1) < 0.02
 
 
 def _cifar_records(n: int, label_bytes: int, seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:

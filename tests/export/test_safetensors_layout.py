@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from weightshare.codec import save_compressed
 from weightshare.core.errors import FormatError, MismatchError
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor
+from weightshare.export.dense import export_dense
 from weightshare.export.safetensors_layout import (
     LAYOUT_KEY,
     export_safetensors,
@@ -74,8 +75,9 @@ def test_round_trip_and_layout(tmp_path):
         layout = json.loads(f.metadata()[LAYOUT_KEY])
         keys = set(f.keys())
     assert layout["quantized"]["fc2.weight"] == {
-        "indices": "indices:fc2.weight", "codebook": "codebook:2", "shape": [10, 30], "bits": 9,
+        "indices": "indices:fc2.weight", "codebook": "codebook:2", "shape": [10, 30], "bits": 9, "dtype": "float32",
     }  # fmt: skip
+    assert layout["aliases"] == {}
     assert [layout["quantized"][n]["bits"] for n in qmodel.quantized] == [2, 6, 9, 2]
     assert keys == {"codebook:0", "codebook:1", "codebook:2", "conv.bias", "fc1.bias"} | {
         f"indices:{n}" for n in qmodel.quantized
@@ -132,3 +134,21 @@ def test_index_bits_are_the_fewest_that_hold_the_codebook():
     for size in range(1, 600):
         bits = index_bits(size)
         assert 2**bits >= size and (bits == 1 or 2 ** (bits - 1) < size)
+
+
+def test_a_tied_weight_is_stored_once_and_loads_under_both_names(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Embedding(6, 4), torch.nn.Linear(4, 6, bias=False))
+    net[1].weight = net[0].weight
+    net.half()
+    indices = {"0.weight": torch.randint(0, 3, (6, 4), generator=torch.Generator().manual_seed(0))}
+    qmodel = QuantizedModel.from_assignments(net.state_dict(), indices, [torch.tensor([0.0, -0.5, 0.5])])
+    export_safetensors(qmodel, tmp_path / "q.safetensors")
+    assert set(load_file(str(tmp_path / "q.safetensors"))) == {"codebook:0", "indices:0.weight"}
+    back = load_safetensors_layout(tmp_path / "q.safetensors")
+    assert back.aliases == {"1.weight": "0.weight"} and back.quantized["0.weight"].dtype == torch.float16
+    restored = back.load_into(torch.nn.Sequential(torch.nn.Embedding(6, 4), torch.nn.Linear(4, 6, bias=False)))
+    assert restored[1].weight is restored[0].weight
+    assert torch.equal(restored[0].weight, qmodel.to_state_dict()["0.weight"].float())
+    export_dense(qmodel, tmp_path / "dense.safetensors")  # two names on one tensor: written as two copies
+    dense = load_file(str(tmp_path / "dense.safetensors"))
+    assert torch.equal(dense["1.weight"], dense["0.weight"]) and dense["0.weight"].dtype == torch.float16

@@ -82,3 +82,26 @@ def test_cli_codebook_epochs_tunes_after_snapping(tmp_path):
     phases = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert phases == ["pretrain"] * 6 + ["retrain"] * 10 + ["codebook"] * 2
     assert json.loads((out / "config.json").read_text())["finish"]["codebook_epochs"] == 2
+
+
+def test_a_tied_weight_is_tuned_once_and_stays_shared():
+    from weightshare.finish.deadweights import remove_dead_weights
+    from weightshare.train.hooks import TrainContext
+
+    net = nn.Sequential(nn.Embedding(6, 4), nn.Linear(4, 6, bias=False))
+    net[1].weight = net[0].weight
+    indices = {"0.weight": torch.randint(0, 3, (6, 4), generator=torch.Generator().manual_seed(0))}
+    q = QuantizedModel.from_assignments(net.state_dict(), indices, [torch.tensor([0.0, -0.5, 0.5])])
+    cleaned, removed = remove_dead_weights(net, q, torch.zeros(1, 2, dtype=torch.int64))
+    assert cleaned.aliases == {"1.weight": "0.weight"} and removed == {"0.weight": 0}
+    tuning = CodebookTuning(net, cleaned, lr=0.1)
+    opt = torch.optim.SGD([*tuning.parameters()], lr=0.1)
+    (net(torch.tensor([[1, 2]])) * torch.arange(6.0)).sum().backward()
+    opt.step()
+    tuning.after_step(net, TrainContext(opt))
+    tuned = tuning.finalize(net)
+    assert tuned.aliases == {"1.weight": "0.weight"} and torch.equal(
+        tuned.quantized["0.weight"].indices, indices["0.weight"]
+    )
+    assert not torch.equal(tuned.codebooks[0], q.codebooks[0])  # the shared values moved
+    assert net[1].weight is net[0].weight

@@ -12,6 +12,7 @@ from weightshare.models.architectures import MODELS, build_model, count_paramete
         ("tutorialnet", 642_460, 641_875, (1, 28, 28)),
         ("wrn16_4", 2_748_890, 2_745_264, (3, 32, 32)),
         ("mlp", 17_226, 17_024, (1, 8, 8)),
+        ("vit", 139_018, 132_736, (1, 28, 28)),
     ],
 )
 def test_parameter_counts_and_output(name, params, weights, shape):

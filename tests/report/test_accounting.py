@@ -224,3 +224,12 @@ def test_weight_entropy_over_all_quantized_weights() -> None:
     e = weight_entropy_bits(q)  # histogram {0: 4, 1: 2, 2: 2} -> 1.5 bits per weight
     assert (e.bits_per_weight, e.total_bits, e.unique_values) == (1.5, 12.0, 3)
     assert e.unique_values == q.unique_values()
+
+
+def test_integer_buffers_are_not_parameters():
+    q = QuantizedModel(
+        [torch.tensor([0.0, 1.0])],
+        {"w": QuantizedTensor(torch.ones(4, 4, dtype=torch.int64))},
+        {"b": torch.zeros(4), "bn.num_batches_tracked": torch.tensor(3), "mask": torch.ones(5, dtype=torch.bool)},
+    )
+    assert paper_style(q).num_values("all") == 16 + 4

@@ -118,7 +118,7 @@ def test_the_file_gives_the_figures_of_the_in_memory_model(tmp_path) -> None:
     assert [{k: row[k] for k in ("name", "numel", "nnz")} for row in report["layers"]] == [
         {k: row[k] for k in ("name", "numel", "nnz")} for row in q.summary()
     ]
-    assert report["coverage"] == {"quantized": list(q.quantized), "dense": list(q.dense)}
+    assert report["coverage"] == {"quantized": list(q.quantized), "dense": list(q.dense), "shared": {}}
     assert report["decoded_equals_quantized"] is True
     assert report["paper_style"]["cr_all"] < report["paper_style"]["cr_weights"]  # biases cost 32 bits each
 
@@ -169,6 +169,29 @@ def test_summary_row_reads_the_labelled_rates() -> None:
     row = summary_row(report)
     assert (row["cr_file"], row["cr_file_weights"]) == (3.0, 4.0)
     assert (row["cr_paper_style_weights"], row["cr_paper_style_with_biases"], row["cr_dc_estimate"]) == (6.0, 5.0, 7.0)
+
+
+def test_coverage_lists_quantized_dense_and_shared_tensors_and_why(tmp_path) -> None:
+    from torch import nn
+
+    from weightshare.core.coverage import CoverageRule
+
+    net = nn.Sequential(nn.Embedding(6, 4), nn.LayerNorm(4), nn.Linear(4, 6, bias=False))
+    net[2].weight = net[0].weight
+    coverage = CoverageRule().select(net)
+    indices = {name: torch.ones_like(p, dtype=torch.int64) for name, p in coverage.covered.items()}
+    q = QuantizedModel.from_assignments(net.state_dict(), indices, [torch.tensor([0.0, 0.5])], meta={"model": "x"})
+    report = build_report(_run(tmp_path, q), errors=ERRORS, coverage=coverage.reasons)
+    assert report["coverage"] == {
+        "quantized": ["0.weight"],
+        "dense": ["1.weight", "1.bias"],
+        "shared": {"2.weight": "0.weight"},
+        "why_dense": {
+            "1.weight": "LayerNorm is not a covered module type",
+            "1.bias": "LayerNorm is not a covered module type",
+        },
+    }
+    assert "why_dense" not in build_report(_run(tmp_path / "b", q), errors=ERRORS)["coverage"]
 
 
 def test_each_export_format_is_sized_beside_the_file(tmp_path) -> None:

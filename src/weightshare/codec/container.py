@@ -12,7 +12,7 @@ import json
 import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,12 +20,20 @@ from weightshare.codec.ans import GapCode, read_table, write_table
 from weightshare.codec.bitstream import Reader, Writer
 from weightshare.core.errors import FormatError
 
-__all__ = ["DenseEntry", "Header", "QuantEntry", "parse_header", "write_file"]
+__all__ = ["DTYPE_NAMES", "DenseEntry", "Header", "QuantEntry", "dense_array", "parse_header", "write_file"]
 
 MAGIC = b"WSZ\x1a"  # \x1a (Ctrl-Z) stops text tools, as in PNG's signature
-VERSION = 1
+VERSION = 2  # 2: a dtype per tensor, any dtype of dense tensor, aliases (docs/format.md, "Version history")
+READABLE_VERSIONS = (1, 2)
 PREFIX_BYTES = 10  # magic, version, flags, CRC32
-FLAG_FLOAT16 = 0x01  # codebook values and dense tensors stored as float16
+FLAG_FLOAT16 = 0x01  # codebook values and float32 dense tensors stored as float16
+
+# Element types by code: name, stored width in bytes, numpy type of the stored bytes (little-endian).
+# bfloat16 is stored as its 16 bits; bool as one byte, 0 or 1.
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+_STORED = ("<f4", "<f2", "<u2", "<f8", "<i8", "<i4", "<i2", "i1", "u1", "u1")
+FLOAT32, BFLOAT16, BOOL = 0, 2, 9
+FLOAT_CODES = (0, 1, 2, 3)  # a quantized tensor's values are floats
 DENSE, SPARSE = 0, 1
 LAYOUT_NAMES = {DENSE: "dense", SPARSE: "sparse"}
 
@@ -47,6 +55,7 @@ class QuantEntry:
     gap: GapCode | None = None
     header_bytes: int = 0  # its own header entry, tables excluded
     table_bytes: int = 0
+    dtype: int = FLOAT32  # the model's dtype of the tensor (code into DTYPE_NAMES)
 
     @property
     def numel(self) -> int:
@@ -73,11 +82,12 @@ class QuantEntry:
 
 @dataclass
 class DenseEntry:
-    """One tensor stored as raw floats."""
+    """One tensor stored as it is, in its own element type."""
 
     name: str
     shape: tuple[int, ...]
     header_bytes: int = 0
+    dtype: int = FLOAT32
 
     @property
     def numel(self) -> int:
@@ -97,6 +107,8 @@ class Header:
     meta_bytes: int = 0
     table_bytes: int = 0
     names_bytes: int = 0
+    aliases: list[tuple[str, int]] = field(default_factory=list)  # second name -> entry (quantized, then dense)
+    version: int = VERSION
 
     @property
     def width(self) -> int:
@@ -111,9 +123,17 @@ class Header:
         """Header bytes that are neither the meta JSON nor the count tables."""
         return self.size - self.meta_bytes - self.table_bytes
 
+    def dense_width(self, e: DenseEntry) -> int:
+        """Bytes per stored element of a dense tensor: float16 flag on float32 ones, else its own width."""
+        return self.width if e.dtype == FLOAT32 else np.dtype(_STORED[e.dtype]).itemsize
+
+    def alias_targets(self) -> dict[str, str]:
+        names = [e.name for e in self.quantized] + [e.name for e in self.dense]
+        return {alias: names[target] for alias, target in self.aliases}
+
     def body_size(self) -> int:
         q = sum(e.stream_bytes + e.raw_bytes for e in self.quantized)
-        return self.codebook_bytes + q + self.width * sum(e.numel for e in self.dense)
+        return self.codebook_bytes + q + sum(self.dense_width(e) * e.numel for e in self.dense)
 
 
 # --- writing --------------------------------------------------------------
@@ -143,7 +163,7 @@ def _write_header(h: Header) -> bytes:
     meta = json.dumps(h.meta, separators=(",", ":"), ensure_ascii=False).encode() if h.meta else b""
     w.blob(meta)
     h.meta_bytes = len(w)
-    ids = _tokens([e.name for e in h.quantized] + [e.name for e in h.dense])
+    ids = _tokens([e.name for e in h.quantized] + [e.name for e in h.dense] + [a for a, _ in h.aliases])
     w.uvarint(len(ids))
     for token in ids:
         w.blob(token.encode())
@@ -159,6 +179,7 @@ def _write_header(h: Header) -> bytes:
         _write_shape(w, e.shape)
         if len(h.codebook_sizes) > 1:
             w.uvarint(e.codebook)
+        w.u8(e.dtype)
         w.u8(e.layout | (e.gap.d << 2 | e.gap.m << 6 if e.gap else 0))
         w.uvarint(e.stream_bytes)
         mid = len(w)
@@ -170,8 +191,13 @@ def _write_header(h: Header) -> bytes:
     for e in h.dense:
         start = len(w)
         _write_name(w, e.name, ids)
+        w.u8(e.dtype)
         _write_shape(w, e.shape)
         e.header_bytes = len(w) - start
+    w.uvarint(len(h.aliases))
+    for alias, target in h.aliases:
+        _write_name(w, alias, ids)
+        w.uvarint(target)
     h.size = PREFIX_BYTES + len(w)
     return bytes(w.buf)
 
@@ -191,15 +217,22 @@ def _check_prefix(data: bytes) -> int:
         raise FormatError(f"truncated: {len(data)} bytes, a .wsz file has at least {PREFIX_BYTES}")
     if bytes(data[:4]) != MAGIC:
         raise FormatError(f"not a .wsz file (magic {bytes(data[:4])!r}, expected {MAGIC!r})")
-    if data[4] != VERSION:
+    if data[4] not in READABLE_VERSIONS:
         kind = "newer" if data[4] > VERSION else "unknown"
-        raise FormatError(f"{kind} format version {data[4]}; this library reads version {VERSION}")
+        raise FormatError(f"{kind} format version {data[4]}; this library reads versions 1 to {VERSION}")
     if data[5] & ~FLAG_FLOAT16:
         raise FormatError(f"unknown flags 0x{data[5]:02x}")
     (crc,) = struct.unpack("<I", data[6:10])
     if zlib.crc32(memoryview(data)[PREFIX_BYTES:]) != crc:
         raise FormatError("checksum mismatch: the file is corrupted or truncated")
     return data[5]
+
+
+def _read_dtype(r: Reader, name: str, allowed: tuple[int, ...]) -> int:
+    code = r.u8()
+    if code not in allowed:
+        raise FormatError(f"{name}: unknown or unsuitable element type code {code}")
+    return code
 
 
 def _read_meta(r: Reader) -> dict[str, object]:
@@ -244,13 +277,14 @@ def _read_shape(r: Reader, name: str) -> tuple[int, ...]:
     return shape
 
 
-def _read_quant(r: Reader, tokens: list[str], sizes: list[int]) -> QuantEntry:
+def _read_quant(r: Reader, tokens: list[str], sizes: list[int], version: int) -> QuantEntry:
     start = r.pos
     name = _read_name(r, tokens)
     shape = _read_shape(r, name)
     cb = r.uvarint(len(sizes) - 1, f"{name}: codebook") if len(sizes) > 1 else 0
     if not sizes:
         raise FormatError(f"{name}: quantized tensor but the file has no codebook")
+    dtype = _read_dtype(r, name, FLOAT_CODES) if version >= 2 else FLOAT32
     byte = r.u8()
     layout, gap = byte & 3, None
     if layout == SPARSE:
@@ -270,12 +304,13 @@ def _read_quant(r: Reader, tokens: list[str], sizes: list[int]) -> QuantEntry:
         if int(idx.sum()) != nnz:
             raise FormatError(f"{name}: {nnz} gaps but {int(idx.sum())} non-zero indices")
         tables = [gaps, idx]
-    return QuantEntry(name, shape, cb, layout, tables, stream, gap, mid - start, r.pos - mid)
+    return QuantEntry(name, shape, cb, layout, tables, stream, gap, mid - start, r.pos - mid, dtype)
 
 
 def parse_header(data: bytes) -> Header:
     """Parse and check the prefix and header; the body's size must match the file exactly."""
     flags = _check_prefix(data)
+    version = data[4]
     r = Reader(data, PREFIX_BYTES)
     meta = _read_meta(r)
     meta_bytes = r.pos - PREFIX_BYTES
@@ -285,21 +320,35 @@ def parse_header(data: bytes) -> Header:
     sizes = [r.uvarint(MAX_CODEBOOK, "codebook size") for _ in range(n_cb)]
     if any(k < 1 for k in sizes):
         raise FormatError("a codebook has size 0 (entry 0, the zero, is always present)")
-    quantized = [_read_quant(r, tokens, sizes) for _ in range(r.uvarint(r.remaining, "quantized count"))]
+    count = r.uvarint(r.remaining, "quantized count")
+    quantized = [_read_quant(r, tokens, sizes, version) for _ in range(count)]
     dense = []
     for _ in range(r.uvarint(r.remaining, "dense count")):
         start = r.pos
         name = _read_name(r, tokens)
-        dense.append(DenseEntry(name, _read_shape(r, name)))
+        dtype = _read_dtype(r, name, tuple(range(len(DTYPE_NAMES)))) if version >= 2 else FLOAT32
+        dense.append(DenseEntry(name, _read_shape(r, name), dtype=dtype))
         dense[-1].header_bytes = r.pos - start
+    aliases = _read_aliases(r, tokens, len(quantized) + len(dense)) if version >= 2 else []
     tables = sum(e.table_bytes for e in quantized)
-    h = Header(bool(flags & FLAG_FLOAT16), meta, sizes, quantized, dense, r.pos, meta_bytes, tables, names_bytes)
+    float16 = bool(flags & FLAG_FLOAT16)
+    h = Header(float16, meta, sizes, quantized, dense, r.pos, meta_bytes, tables, names_bytes, aliases, version)
     _check_totals(h, len(data) - r.pos)
     return h
 
 
+def _read_aliases(r: Reader, tokens: list[str], entries: int) -> list[tuple[str, int]]:
+    aliases = []
+    for _ in range(r.uvarint(r.remaining, "alias count")):
+        name = _read_name(r, tokens)
+        aliases.append((name, r.uvarint(entries - 1, f"{name}: aliased entry") if entries else -1))
+        if not entries:
+            raise FormatError(f"{name}: an alias in a file without tensors")
+    return aliases
+
+
 def _check_totals(h: Header, body: int) -> None:
-    names = [e.name for e in h.quantized] + [e.name for e in h.dense]
+    names = [e.name for e in h.quantized] + [e.name for e in h.dense] + [a for a, _ in h.aliases]
     if len(set(names)) != len(names):
         raise FormatError("duplicate tensor names")
     total = sum(e.numel for e in h.quantized) + sum(e.numel for e in h.dense)
@@ -307,3 +356,17 @@ def _check_totals(h: Header, body: int) -> None:
         raise FormatError(f"{total} elements in total, more than the limit {MAX_ELEMENTS}")
     if h.body_size() != body:
         raise FormatError(f"header declares a body of {h.body_size()} bytes, the file holds {body}")
+
+
+def dense_array(raw: bytes, h: Header, e: DenseEntry) -> np.ndarray:
+    """The stored elements of a dense tensor as numpy (float16-stored float32 ones widened back,
+    bfloat16 as float32, bool checked to be 0 or 1), flat."""
+    stored = "<f2" if e.dtype == FLOAT32 and h.float16 else _STORED[e.dtype]
+    values = np.frombuffer(raw, dtype=stored)
+    if e.dtype == BFLOAT16:  # the high 16 bits of a float32
+        return (values.astype("<u4") << 16).view("<f4")
+    if e.dtype == BOOL:
+        if values.size and values.max() > 1:
+            raise FormatError(f"{e.name}: a bool tensor holds a byte other than 0 or 1")
+        return values.astype(bool)
+    return values.astype(np.float32) if e.dtype == FLOAT32 else values

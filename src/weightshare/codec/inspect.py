@@ -16,9 +16,12 @@ import numpy as np
 
 from weightshare.codec.ans import entropy_bits
 from weightshare.codec.bitstream import Reader
-from weightshare.codec.container import LAYOUT_NAMES, SPARSE, VERSION, Header, QuantEntry, parse_header
+from weightshare.codec.container import DTYPE_NAMES, LAYOUT_NAMES, SPARSE, Header, QuantEntry, dense_array, parse_header
 
 __all__ = ["InspectReport", "TensorRow", "file_rates", "format_inspect", "inspect"]
+
+
+_NOT_PARAMETERS = ("int64", "int32", "int16", "int8", "uint8", "bool")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class TensorRow:
     header_bytes: int
     entropy_bytes: float
     index_entropy_bytes: float | None
+    dtype: str = "float32"  # the model's element type of the tensor
 
     @property
     def total_bytes(self) -> int:
@@ -63,6 +67,7 @@ class InspectReport:
     codebook_bytes: int
     codebook_sizes: list[int]
     rows: list[TensorRow] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)  # second name -> the stored tensor's name
 
     @property
     def quantized(self) -> list[TensorRow]:
@@ -70,7 +75,9 @@ class InspectReport:
 
     @property
     def num_params(self) -> int:
-        return sum(r.numel for r in self.rows)
+        """Floating-point elements: what a float32 copy of the model would hold (integer and bool
+        buffers, such as BatchNorm's ``num_batches_tracked``, are not parameters)."""
+        return sum(r.numel for r in self.rows if r.dtype not in _NOT_PARAMETERS)
 
     @property
     def num_quantized(self) -> int:
@@ -110,7 +117,7 @@ def _quant_row(e: QuantEntry, codebook: np.ndarray) -> TensorRow:
     return TensorRow(
         e.name, e.shape, e.numel, e.nnz, int(np.unique(codebook[present]).size), LAYOUT_NAMES[e.layout],
         e.codebook, e.stream_bytes, e.raw_bytes, e.table_bytes, e.header_bytes,
-        coded_bits / 8, entropy_bits(histogram) / 8,
+        coded_bits / 8, entropy_bits(histogram) / 8, DTYPE_NAMES[e.dtype],
     )  # fmt: skip
 
 
@@ -123,7 +130,7 @@ def inspect(source: bytes | str | os.PathLike) -> InspectReport:
     >>> q = QuantizedModel([torch.tensor([0.0, 1.0])], {"w": QuantizedTensor(torch.zeros(1000, dtype=torch.int64))})
     >>> rep = inspect(encode(q))
     >>> rep.rows[0].layout, rep.rows[0].nnz, rep.rows[0].total_bytes, rep.file_bytes
-    ('sparse', 0, 2, 30)
+    ('sparse', 0, 2, 32)
     """
     data = source if isinstance(source, bytes | bytearray | memoryview) else Path(source).read_bytes()
     h = parse_header(data)
@@ -135,18 +142,18 @@ def inspect(source: bytes | str | os.PathLike) -> InspectReport:
         r.read(e.stream_bytes + e.raw_bytes)
         rows.append(_quant_row(e, codebooks[e.codebook]))
     for d in h.dense:
-        values = np.frombuffer(r.read(d.numel * h.width), dtype)
-        nbytes = d.numel * h.width
+        nbytes = d.numel * h.dense_width(d)
+        values = dense_array(r.read(nbytes), h, d)
         unique = int(np.unique(values).size)
         rows.append(TensorRow(d.name, d.shape, d.numel, int(np.count_nonzero(values)), unique, "raw", None,
-                              nbytes, 0, 0, d.header_bytes, float(nbytes), None))  # fmt: skip
+                              nbytes, 0, 0, d.header_bytes, float(nbytes), None, DTYPE_NAMES[d.dtype]))  # fmt: skip
     return _report(h, len(data), rows)
 
 
 def _report(h: Header, file_bytes: int, rows: list[TensorRow]) -> InspectReport:
     return InspectReport(
-        VERSION, h.float16, h.meta, file_bytes, h.structure_bytes, h.meta_bytes, h.table_bytes,
-        h.codebook_bytes, list(h.codebook_sizes), rows,
+        h.version, h.float16, h.meta, file_bytes, h.structure_bytes, h.meta_bytes, h.table_bytes,
+        h.codebook_bytes, list(h.codebook_sizes), rows, h.alias_targets(),
     )  # fmt: skip
 
 
@@ -199,6 +206,7 @@ def format_inspect(report: InspectReport) -> str:
         f"{report.table_bytes} + codebooks {report.codebook_bytes} ({dtype}, sizes {report.codebook_sizes}) + "
         f"streams {report.stream_bytes} + dense {report.dense_bytes}",
         f"entropy bound {report.entropy_bound_bytes:.1f} B (file / bound = {rates['file_over_entropy_bound']:.4f})",
+        *[f"{alias} is stored once as {target} (the same tensor)" for alias, target in report.aliases.items()],
         f"CR_all {rates['cr_all']:.1f}x  CR_weights {rates['cr_weights']:.1f}x  "
         f"({report.num_params} params, {report.num_quantized} quantized, "
         f"{rates['bits_per_weight_all']:.4f} bits/param)",

@@ -13,7 +13,7 @@ documented byte by byte in ``docs/format.md``.
 >>> q = QuantizedModel([cb], {"fc.weight": QuantizedTensor(idx)}, {"fc.bias": torch.ones(100)})
 >>> data = encode(q)  # 400 of these bytes are the float32 bias
 >>> len(data), torch.equal(decode(data).quantized["fc.weight"].indices, idx)
-(482, True)
+(485, True)
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from weightshare.codec.bitstream import Reader, unpack_bits
 from weightshare.codec.bitstream import pack_bits as _pack_bits
 from weightshare.codec.container import (
     DENSE,
+    DTYPE_NAMES,
     MAX_CODEBOOK,
     MAX_ELEMENTS,
     SPARSE,
     DenseEntry,
     Header,
     QuantEntry,
+    dense_array,
     parse_header,
 )
 from weightshare.codec.container import write_file as _write_file
@@ -55,6 +57,16 @@ __all__ = [
 ]
 
 
+# The torch type of each element-type code of the format (docs/format.md, "Conventions").
+_TORCH_DTYPES = tuple(getattr(torch, name) for name in DTYPE_NAMES)
+
+
+def _dtype_code(dtype: torch.dtype, name: str) -> int:
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"{name}: dtype {dtype} cannot be stored (the format holds {', '.join(DTYPE_NAMES)})")
+    return _TORCH_DTYPES.index(dtype)
+
+
 # --- encoding -------------------------------------------------------------
 def _float_bytes(values: np.ndarray, float16: bool, what: str) -> bytes:
     values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
@@ -65,6 +77,17 @@ def _float_bytes(values: np.ndarray, float16: bool, what: str) -> bytes:
     if (np.isfinite(values) & ~np.isfinite(half)).any():
         raise ValueError(f"{what}: values beyond the float16 range (|x| > 65504); save without float16")
     return half.tobytes()
+
+
+def _dense_bytes(t: torch.Tensor, float16: bool, name: str) -> bytes:
+    """A dense tensor's elements, little-endian: float32 ones through the float16 flag, others as they are."""
+    t = t.detach().cpu().contiguous().reshape(-1)
+    if t.dtype == torch.float32:
+        return _float_bytes(t.numpy(), float16, name)
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    array = t.numpy()
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def _dense_code(entry: QuantEntry, idx: np.ndarray) -> tuple[QuantEntry, list[bytes], int]:
@@ -92,10 +115,11 @@ def _encode_tensor(name: str, qt: QuantizedTensor, k: int) -> tuple[QuantEntry, 
     if qt.numel > MAX_ELEMENTS:
         raise ValueError(f"{name}: {qt.numel} elements, the format's limit is {MAX_ELEMENTS}")
     idx = qt.indices.detach().cpu().reshape(-1).numpy().astype(np.int64, copy=False)
-    base = QuantEntry(name, qt.shape, qt.codebook, DENSE, [], 0)
+    dtype = _dtype_code(qt.dtype, name)
+    base = QuantEntry(name, qt.shape, qt.codebook, DENSE, [], 0, dtype=dtype)
     best = _dense_code(base, idx)
     if idx.size:
-        sparse = _sparse_code(QuantEntry(name, qt.shape, qt.codebook, SPARSE, [], 0), idx)
+        sparse = _sparse_code(QuantEntry(name, qt.shape, qt.codebook, SPARSE, [], 0, dtype=dtype), idx)
         if sparse[2] < best[2]:
             best = sparse
     return best[0], best[1]
@@ -110,7 +134,8 @@ def _json_default(obj: object) -> object:
 def encode(qmodel: QuantizedModel, *, float16: bool = False) -> bytes:
     """The ``.wsz`` bytes of a quantized model (deterministic: same model, same bytes).
 
-    ``float16`` stores codebook values and dense tensors as float16 (lossy; reported by ``inspect``).
+    ``float16`` stores codebook values and float32 dense tensors as float16 (lossy; reported by
+    ``inspect``); dense tensors of every other dtype are stored exactly.
     """
     if any(cb.numel() > MAX_CODEBOOK for cb in qmodel.codebooks):
         raise ValueError(f"codebooks are limited to {MAX_CODEBOOK} entries")
@@ -122,12 +147,14 @@ def encode(qmodel: QuantizedModel, *, float16: bool = False) -> bytes:
         body += parts
     dense = []
     for name, t in qmodel.dense.items():
-        dense.append(DenseEntry(name, tuple(t.shape)))
-        body.append(_float_bytes(t.detach().cpu().numpy(), float16, name))
+        dense.append(DenseEntry(name, tuple(t.shape), dtype=_dtype_code(t.dtype, name)))
+        body.append(_dense_bytes(t, float16, name))
     if sum(e.numel for e in quantized) + sum(e.numel for e in dense) > MAX_ELEMENTS:
         raise ValueError(f"more than {MAX_ELEMENTS} elements in total")
     meta = _plain_meta(qmodel.meta)
-    header = Header(float16, meta, [cb.numel() for cb in qmodel.codebooks], quantized, dense)
+    entry_of = {e.name: i for i, e in enumerate(quantized + dense)}
+    aliases = [(alias, entry_of[target]) for alias, target in qmodel.aliases.items()]
+    header = Header(float16, meta, [cb.numel() for cb in qmodel.codebooks], quantized, dense, aliases=aliases)
     return _write_file(header, body)
 
 
@@ -171,11 +198,21 @@ def decode(data: bytes) -> QuantizedModel:
     quantized = {}
     for e in h.quantized:
         idx = _decode_tensor(e, r.read(e.stream_bytes), r.read(e.raw_bytes))
-        quantized[e.name] = QuantizedTensor(torch.from_numpy(idx).reshape(e.shape), e.codebook)
-    dense = {e.name: torch.from_numpy(_read_floats(r, e.numel, h.float16)).reshape(e.shape) for e in h.dense}
+        dtype = _TORCH_DTYPES[e.dtype]
+        quantized[e.name] = QuantizedTensor(torch.from_numpy(idx).reshape(e.shape), e.codebook, dtype)
+    dense = {e.name: _dense_tensor(r.read(e.numel * h.dense_width(e)), h, e) for e in h.dense}
     # Every invariant holds by construction (indices come from tables no larger than their codebook,
-    # codebooks were checked above, names are unique), so skip QuantizedModel's O(#weights) re-checks.
-    return QuantizedModel.from_trusted(codebooks, quantized, dense, dict(h.meta))
+    # codebooks were checked above, names are unique, aliases point at entries), so skip
+    # QuantizedModel's O(#weights) re-checks.
+    return QuantizedModel.from_trusted(codebooks, quantized, dense, dict(h.meta), h.alias_targets())
+
+
+def _dense_tensor(raw: bytes, h: Header, e: DenseEntry) -> torch.Tensor:
+    """A dense tensor in its own dtype, bit for bit as it was written."""
+    dtype = _TORCH_DTYPES[e.dtype]
+    if dtype == torch.bfloat16:  # numpy has no bfloat16: its 16 bits, reinterpreted (NaN payloads too)
+        return torch.from_numpy(np.frombuffer(raw, dtype="<i2").copy()).view(dtype).reshape(e.shape)
+    return torch.from_numpy(dense_array(raw, h, e).copy()).to(dtype).reshape(e.shape)
 
 
 # --- files ----------------------------------------------------------------
@@ -218,6 +255,7 @@ def check_compatible(qmodel: QuantizedModel, model: nn.Module, model_name: str |
     """
     own = model.state_dict()
     shapes = {n: qt.shape for n, qt in qmodel.quantized.items()} | {n: tuple(t.shape) for n, t in qmodel.dense.items()}
+    shapes |= {alias: shapes[target] for alias, target in qmodel.aliases.items()}
     problems = [f"{n}: not in the model" for n in shapes if n not in own]
     problems += [
         f"{n}: shape {s} in the file, {tuple(own[n].shape)} in the model"

@@ -1,13 +1,15 @@
-"""Data sets as in-memory tensors: MNIST (IDX files), CIFAR-10/100 (binary), digits (built in).
+"""Data sets as in-memory tensors: MNIST, Fashion-MNIST (IDX files), CIFAR-10/100 (binary), digits (built in).
 
 Every data set is loaded once into float32 tensors and fed by index
 permutations (:func:`batches`), so an epoch of data loading costs a few tensor
 gathers, far below the model's own time. The validation split is carved from the
 training set with a fixed seed; the test set is only ever used for reporting.
 
-MNIST files are looked for in ``data_dir/mnist/`` and ``data_dir/`` (gzip'ed or
-raw); ``data_dir`` defaults to ``$WEIGHTSHARE_DATA``, else the user cache. The
-MD5 of each uncompressed file is checked against the well-known values.
+MNIST and Fashion-MNIST share one path (:class:`IdxDataset`): their files are looked for
+in ``data_dir/mnist/`` (MNIST also in ``data_dir/``) or ``data_dir/fashion-mnist/``
+(gzip'ed or raw), downloaded there when missing and the network is there; ``data_dir``
+defaults to ``$WEIGHTSHARE_DATA``, else the user cache. The MD5 of each uncompressed
+file is checked against the official values.
 """
 
 from __future__ import annotations
@@ -24,21 +26,75 @@ import numpy as np
 import torch
 
 from weightshare.core.errors import DataError
+from weightshare.core.io import atomic_write_bytes
 from weightshare.data.config import DataConfig
 
-__all__ = ["DataError", "Split", "DataBundle", "load_data", "batches", "read_idx", "resolve_data_dir"]
+__all__ = [
+    "DataError",
+    "Split",
+    "DataBundle",
+    "IdxDataset",
+    "IDX_DATASETS",
+    "load_data",
+    "load_idx_arrays",
+    "batches",
+    "read_idx",
+    "resolve_data_dir",
+]
 
-MNIST_FILES = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
-MNIST_MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """An MNIST-format data set: four IDX files, the MD5 of each uncompressed file, where to get them.
+
+    The MD5s are of the *uncompressed* files, so any gzip of the right bytes passes (Debian's
+    re-gzipped Fashion-MNIST files do, although their .gz bytes differ from upstream's).
+    """
+
+    name: str
+    title: str
+    md5: dict[str, str]
+    mirrors: tuple[str, ...]
+    homepage: str
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]]
+    # Folders of the data directory searched, in order; the first one receives downloads.
+    folders: tuple[str, ...]
+
+
+MNIST = IdxDataset(
+    name="mnist",
+    title="MNIST",
+    md5={
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+    homepage="http://yann.lecun.com/exdb/mnist/",
+    mean_std=((0.1307,), (0.3081,)),
+    folders=("mnist", ""),
 )
-MNIST_MEAN_STD = ((0.1307,), (0.3081,))
+# Zalando's Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): MNIST's file names and format, clothing instead of digits.
+# Mean and standard deviation of the 60,000 training images' pixels in [0, 1], measured on the files.
+FASHION_MNIST = IdxDataset(
+    name="fashion-mnist",
+    title="Fashion-MNIST",
+    md5={
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+    homepage="https://github.com/zalandoresearch/fashion-mnist",
+    mean_std=((0.2860,), (0.3530,)),
+    folders=("fashion-mnist",),
+)
+IDX_DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
 CIFAR_MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -104,68 +160,72 @@ def read_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
-def _find_mnist_file(root: Path, name: str) -> Path | None:
-    for folder in (root / "mnist", root):
-        for candidate in (folder / name, folder / f"{name}.gz"):
+def _find_idx_file(root: Path, spec: IdxDataset, name: str) -> Path | None:
+    for folder in spec.folders:
+        for candidate in (root / folder / name, root / folder / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
     return None
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: corrupt gzip file ({exc})") from None
-    return raw
+def _gunzip(raw: bytes, source: str) -> bytes:
+    """``raw`` itself, or its gunzipped content when it is a gzip stream."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{source}: corrupt gzip file ({exc})") from None
 
 
-def _download_mnist(root: Path, name: str) -> Path | None:
-    target = root / "mnist" / f"{name}.gz"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for mirror in MNIST_MIRRORS:
+def _download_idx(root: Path, spec: IdxDataset, name: str) -> Path | None:
+    """Fetch ``name.gz`` from the first mirror that serves the right bytes; None when none does."""
+    target = root / spec.folders[0] / f"{name}.gz"
+    for mirror in spec.mirrors:
         try:
             with urllib.request.urlopen(mirror + f"{name}.gz", timeout=20) as response:
                 payload = response.read()
-        except OSError:
+            raw = _gunzip(payload, mirror + name)
+        except (OSError, DataError):
             continue
-        if hashlib.md5(gzip.decompress(payload)).hexdigest() != MNIST_FILES[name]:
-            continue
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(payload)
-        os.replace(tmp, target)
-        return target
+        if hashlib.md5(raw).hexdigest() == spec.md5[name]:
+            atomic_write_bytes(target, payload)
+            return target
     return None
 
 
-def _missing_mnist_message(root: Path, missing: list[str]) -> str:
-    names = "\n".join(f"  {n}.gz" for n in MNIST_FILES)
+def _missing_idx_message(root: Path, spec: IdxDataset, missing: list[str]) -> str:
+    folders = [str(root / folder) for folder in spec.folders]
+    where = folders[0] + "".join(f" (or {folder})" for folder in folders[1:])
+    names = "\n".join(f"  {n}.gz" for n in spec.md5)
     return (
-        f"MNIST files missing in {root / 'mnist'} (or {root}): {', '.join(missing)}.\n"
+        f"{spec.title} files missing in {where}: {', '.join(missing)}.\n"
         f"Download was not possible. Put the four official files there (gzip'ed or raw):\n{names}\n"
-        "from http://yann.lecun.com/exdb/mnist/ or a mirror, or point --data-dir / $WEIGHTSHARE_DATA "
-        "at a directory that holds them."
+        f"from {spec.homepage} or a mirror, or point --data-dir / $WEIGHTSHARE_DATA at a directory whose "
+        f"{spec.folders[0]}/ folder holds them."
     )
 
 
-def load_mnist_arrays(data_dir: str | os.PathLike | None = None, download: bool = True) -> dict[str, np.ndarray]:
-    """The four MNIST arrays, MD5-checked; downloads missing files when allowed."""
+def load_idx_arrays(
+    spec: IdxDataset, data_dir: str | os.PathLike | None = None, download: bool = True
+) -> dict[str, np.ndarray]:
+    """The four arrays of an MNIST-format data set, MD5-checked; downloads missing files when allowed."""
     root = resolve_data_dir(data_dir)
     arrays, missing = {}, []
-    for name, md5 in MNIST_FILES.items():
-        path = _find_mnist_file(root, name) or (_download_mnist(root, name) if download else None)
+    for name, md5 in spec.md5.items():
+        path = _find_idx_file(root, spec, name) or (_download_idx(root, spec, name) if download else None)
         if path is None:
             missing.append(name)
             continue
-        raw = _read_maybe_gzip(path)
+        raw = _gunzip(path.read_bytes(), str(path))
         digest = hashlib.md5(raw).hexdigest()
         if digest != md5:
-            raise DataError(f"{path}: MD5 {digest} does not match the official {name} ({md5}); replace the file")
+            raise DataError(
+                f"{path}: MD5 {digest} does not match the official {spec.title} {name} ({md5}); replace the file"
+            )
         arrays[name] = read_idx(raw, str(path))
     if missing:
-        raise DataError(_missing_mnist_message(root, missing))
+        raise DataError(_missing_idx_message(root, spec, missing))
     return arrays
 
 
@@ -229,17 +289,18 @@ def _carve_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 
-def _bundle_mnist(cfg: DataConfig) -> DataBundle:
-    arrays = load_mnist_arrays(cfg.data_dir, cfg.download)
+def _bundle_idx(cfg: DataConfig) -> DataBundle:
+    spec = IDX_DATASETS[cfg.dataset]
+    arrays = load_idx_arrays(spec, cfg.data_dir, cfg.download)
 
     def images(name: str) -> torch.Tensor:
         x = torch.from_numpy(arrays[name].astype(np.float32) / 255.0).unsqueeze(1)
-        return _normalise(x, cfg.normalize, MNIST_MEAN_STD)
+        return _normalise(x, cfg.normalize, spec.mean_std)
 
     train_y = torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64))
     test_y = torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
     train, val = _carve_validation(images("train-images-idx3-ubyte"), train_y, cfg.val_size, cfg.split_seed)
-    return DataBundle("mnist", train, val, Split(images("t10k-images-idx3-ubyte"), test_y), 10)
+    return DataBundle(spec.name, train, val, Split(images("t10k-images-idx3-ubyte"), test_y), 10)
 
 
 def _bundle_cifar(cfg: DataConfig) -> DataBundle:
@@ -279,13 +340,14 @@ def load_data(cfg: DataConfig | None = None) -> DataBundle:
     (1257, 180, 360, (1, 8, 8))
     """
     cfg = cfg or DataConfig()
-    if cfg.dataset == "mnist":
-        return _bundle_mnist(cfg)
+    if cfg.dataset in IDX_DATASETS:
+        return _bundle_idx(cfg)
     if cfg.dataset in ("cifar10", "cifar100"):
         return _bundle_cifar(cfg)
     if cfg.dataset == "digits":
         return _bundle_digits(cfg)
-    raise DataError(f"unknown dataset {cfg.dataset!r}; known: digits, mnist, cifar10, cifar100")
+    known = ", ".join(["digits", *IDX_DATASETS, "cifar10", "cifar100"])
+    raise DataError(f"unknown dataset {cfg.dataset!r}; known: {known}")
 
 
 # --- batches -------------------------------------------------------------------------

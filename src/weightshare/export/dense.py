@@ -66,7 +66,8 @@ def dense_bytes(source: Source, model: nn.Module | None = None) -> bytes:
     qmodel = quantized_of(source)
     if model is not None:
         check_fits(qmodel, model, source)
-    state = {name: t.contiguous() for name, t in dense_state(qmodel, model).items()}
+    # Own copies: safetensors refuses two names on one tensor (a tied weight is one tensor in the QuantizedModel).
+    state = {name: t.contiguous().clone() for name, t in dense_state(qmodel, model).items()}
     return save(state, metadata={"format": "pt"})
 
 

@@ -7,9 +7,10 @@ documented in docs/export.md#safetensors):
 * ``indices:<name>``: the indices of each covered tensor as one uint8 bit stream, ``bits`` =
   ``max(1, ceil(log2 K))`` bits per index, least significant bit first, row-major: index ``j`` is bits
   ``j*bits .. (j+1)*bits - 1``, bit ``i`` of the stream being bit ``i % 8`` of byte ``i // 8``;
-* every other tensor under its own name, float32;
+* every other tensor under its own name, in its own dtype;
 * metadata ``"weightshare"``: JSON ``{"format", "version", "codebooks", "quantized": {name: {"indices",
-  "codebook", "shape", "bits"}}, "dense", "meta"}``.
+  "codebook", "shape", "bits", "dtype"}}, "dense", "aliases", "meta"}``; ``aliases`` maps the second
+  name of a tensor the model reaches under two names (a tied weight) to the stored one.
 
 Fixed-width packing costs ``bits`` per weight whatever the values: no entropy coding, so the file sits
 between ``.wsz`` and the dense float32 weights.
@@ -93,10 +94,12 @@ def _layout(qmodel: QuantizedModel) -> dict[str, Any]:
                 "codebook": f"codebook:{qt.codebook}",
                 "shape": list(qt.shape),
                 "bits": index_bits(qmodel.codebooks[qt.codebook].numel()),
+                "dtype": str(qt.dtype).removeprefix("torch."),
             }
             for name, qt in qmodel.quantized.items()
         },
         "dense": list(qmodel.dense),
+        "aliases": qmodel.aliases,  # second name -> the stored tensor (a tied weight is stored once)
         "meta": qmodel.meta,
     }
 
@@ -159,7 +162,10 @@ def _quantized_tensor(name: str, entry: dict[str, Any], tensors: dict[str, torch
     count = math.prod(shape)
     if packed.dtype != torch.uint8 or packed.numel() != math.ceil(count * bits / 8):
         raise ValueError(f"{entry['indices']}: {packed.numel()} {packed.dtype} bytes, not {count} x {bits} bits")
-    return QuantizedTensor(unpack_indices(packed, bits, count).reshape(shape), codebook)
+    dtype = getattr(torch, str(entry.get("dtype", "float32")))
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{name}: dtype {entry.get('dtype')!r} is not a floating-point type")
+    return QuantizedTensor(unpack_indices(packed, bits, count).reshape(shape), codebook, dtype)
 
 
 def load_safetensors_layout(path: str | os.PathLike) -> QuantizedModel:
@@ -174,6 +180,6 @@ def load_safetensors_layout(path: str | os.PathLike) -> QuantizedModel:
             for name, entry in layout["quantized"].items()
         }
         dense = {name: tensors[name] for name in layout["dense"]}
-        return QuantizedModel(codebooks, quantized, dense, dict(layout["meta"]))
+        return QuantizedModel(codebooks, quantized, dense, dict(layout["meta"]), dict(layout.get("aliases", {})))
     except (KeyError, TypeError, ValueError) as exc:  # QuantizedModel refuses bad codebooks and indices
         raise FormatError(f"{path}: inconsistent codebook layout: {exc}") from None

@@ -103,7 +103,9 @@ class CodebookTuning(TrainingHooks):
         state = model.state_dict()
         dense = {name: state[name].detach().clone() for name in self.qmodel.dense}
         codebooks = [c.detach().clone() for c in self.codebooks]
-        return QuantizedModel(codebooks, dict(self.qmodel.quantized), dense, dict(self.qmodel.meta))
+        return QuantizedModel(
+            codebooks, dict(self.qmodel.quantized), dense, dict(self.qmodel.meta), self.qmodel.aliases
+        )
 
 
 def tune_codebooks(

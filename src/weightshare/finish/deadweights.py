@@ -24,6 +24,7 @@ those weights are kept.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from weightshare.core.quantized import QuantizedModel, QuantizedTensor
+from weightshare.core.quantized import QuantizedModel
 
 __all__ = ["remove_dead_weights"]
 
@@ -223,6 +224,7 @@ def remove_dead_weights(
     and ``{name: weights removed}`` for every quantized tensor, 0 where none was. A model
     that ``torch.fx`` cannot trace comes back unchanged, with a warning.
 
+    >>> from weightshare.core.quantized import QuantizedTensor
     >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> w0 = torch.tensor([[1, 2, 0], [2, 2, 1], [0, 0, 0], [1, 0, 0]])  # unit 2: no input
     >>> w2 = torch.tensor([[2, 0, 1, 1], [1, 0, 2, 0]])  # unit 1: never read
@@ -247,9 +249,10 @@ def remove_dead_weights(
         pass
     cleaned = QuantizedModel.from_trusted(
         [cb.clone() for cb in qmodel.codebooks],
-        {name: QuantizedTensor(weights.indices[name], qt.codebook) for name, qt in qmodel.quantized.items()},
+        {name: dataclasses.replace(qt, indices=weights.indices[name]) for name, qt in qmodel.quantized.items()},
         {name: weights.values[name] for name in qmodel.dense},
         copy.deepcopy(qmodel.meta),
+        qmodel.aliases,
     )
     removed = {name: qt.nnz - cleaned.quantized[name].nnz for name, qt in qmodel.quantized.items()}
     return cleaned, removed

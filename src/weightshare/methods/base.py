@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self
 
 from torch import nn
 
+from weightshare.core.coverage import Coverage
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
 from weightshare.core.settings import Sections, apply_sections, section, to_sections, validate
@@ -164,9 +165,15 @@ class Method(TrainingHooks):
         """Method-specific results for report.json (e.g. learned per-layer bit widths)."""
         return {}
 
+    coverage: Coverage | None = None  # what the coverage rule selected (core/coverage.py), set by the method
+
     def covered_tensors(self) -> dict[str, nn.Parameter]:
         """The tensors the method compresses, by name (what the scatter animation samples)."""
-        return {}
+        return dict(self.coverage.covered) if self.coverage else {}
+
+    def coverage_reasons(self) -> dict[str, str]:
+        """Why every state-dict entry of the model is covered or stays dense (for report.json)."""
+        return dict(self.coverage.reasons) if self.coverage else {}
 
     def records(self) -> dict[str, Any]:
         """JSON-able records for the run directory, by file name (e.g. the mixture at every epoch)."""

@@ -1,4 +1,4 @@
-"""The built-in architectures: LeNet-300-100, LeNet-5-Caffe, the tutorial net, WRN-16-4, an MLP."""
+"""The built-in architectures: LeNet-300-100, LeNet-5-Caffe, the tutorial net, WRN-16-4, an MLP, a small ViT."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ file loads back into exactly these classes (no special layers).
 | ``tutorialnet`` | MNIST          | 642,460    |
 | ``wrn16_4``   | CIFAR-10/100     | 2,748,890 (CIFAR-10) |
 | ``mlp``       | digits (8×8)     | 17,226     |
+| ``vit``       | MNIST, Fashion-MNIST | 139,018 (:mod:`weightshare.models.vit`) |
 """
 
 from __future__ import annotations
@@ -19,7 +20,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["build_model", "MODELS", "count_parameters", "LeNet300", "LeNet5", "TutorialNet", "WideResNet", "MLP"]
+from weightshare.models.vit import VisionTransformer, ViTConfig
+
+__all__ = [
+    "build_model",
+    "MODELS",
+    "count_parameters",
+    "LeNet300",
+    "LeNet5",
+    "TutorialNet",
+    "WideResNet",
+    "MLP",
+    "VisionTransformer",
+]
 
 
 class MLP(nn.Module):
@@ -126,6 +139,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "lenet5": LeNet5,
     "tutorialnet": TutorialNet,
     "wrn16_4": lambda classes: WideResNet(16, 4, classes),
+    "vit": lambda classes: VisionTransformer(ViTConfig(num_classes=classes)),
 }
 
 

@@ -27,10 +27,11 @@ from weightshare.methods import CONFIGS, build_method, config_class, method_clas
 from weightshare.methods.base import Method, MethodConfig
 from weightshare.models.architectures import build_model
 from weightshare.pipeline.pretrain import load_run_model, set_threads
-from weightshare.pipeline.rundirs import check_new, interruptible, open_run, recorded
+from weightshare.pipeline.rundirs import check_new, interruptible, open_run, recorded, training_run
 from weightshare.report.run_report import build_report, write_report
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import COMPRESSED, CONFIG, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
+from weightshare.train.distributed import Distributed, session
 from weightshare.train.loop import evaluate_model, fit
 
 __all__ = [
@@ -65,39 +66,71 @@ def compress(
     sample of the covered weights each epoch (for the scatter animation); ``on_epoch(epoch, model)`` is called
     after each retraining epoch's row is in ``metrics.csv`` (a search stops bad trials from it). Returns the
     report (also written to ``out/report.json``); its ``warnings`` say whether the result collapsed (:func:`collapsed`).
-    Ctrl-C raises :class:`~weightshare.core.errors.RunInterrupted`; ``resume=True`` continues.
+    Ctrl-C raises :class:`~weightshare.core.errors.RunInterrupted`; ``resume=True`` continues. Launched by
+    ``torchrun``, the retraining is data-parallel and rank 0 alone finalizes and writes
+    (:mod:`weightshare.train.distributed`); the other ranks return an empty dict.
     """
     method_class(config)  # not a method's config: refused before anything is read or written
     config = validate(copy.deepcopy(config))  # the caller's object stays as it was
-    if resume:
-        open_compress_run(out, config.method)  # another command's or method's run: refused before any work
-    else:
-        check_new(out)
-    model, source_run = load_run_model(source)
-    config, data_cfg = resolve_recipe(config, source_run.config)
-    set_threads(config.train.threads)
-    data = data or load_data(data_cfg)
+    with session() as dist:
+        if resume:
+            open_compress_run(out, config.method)  # another command's or method's run: refused before any work
+        else:
+            check_new(out)
+        if dist is not None:
+            dist.barrier()  # every rank has looked at ``out`` before rank 0 creates it
+        model, source_run = load_run_model(source)
+        config, data_cfg = resolve_recipe(config, source_run.config)
+        set_threads(config.train.threads)
+        data = data or load_data(data_cfg)
+        if dist is not None:
+            model.to(dist.device)
+        return _retrain(model, source, source_run, config, data_cfg, data, out, resume=resume, progress=progress,
+                        record_frames=record_frames, on_epoch=on_epoch, dist=dist)  # fmt: skip
+
+
+def _retrain(
+    model: torch.nn.Module,
+    source: str | os.PathLike,
+    source_run: RunDir,
+    config: MethodConfig,
+    data_cfg: DataConfig,
+    data: DataBundle,
+    out: str | os.PathLike,
+    *,
+    resume: bool,
+    progress: bool,
+    record_frames: bool,
+    on_epoch: Callable[[int, torch.nn.Module], None] | None,
+    dist: Distributed | None,
+) -> dict[str, Any]:
+    """The method's retraining in run directory ``out``, then (rank 0) the file and its report."""
+    writer = dist is None or dist.is_main
     pretrained_state = {k: v.clone() for k, v in model.state_dict().items()}
-    errors = {"pretrained": evaluate_model(model, data)}
+    errors = {"pretrained": evaluate_model(model, data)} if writer else {}
     torch.manual_seed(config.train.seed)
     hooks = build_method(config, model, len(data.train))
     hooks.check_train(config.train)  # e.g. a schedule of rounds that fixes the number of epochs
     # Only now, with every setting checked, does the run directory come to exist.
     record = {"command": "compress", "method": config.method, "source": str(source), **config.sections()}
     record["data"] = dataclasses.asdict(data_cfg)  # what ran, not just what this recipe changed
-    run = RunDir.open(out, write=True) if resume else RunDir.create(out, record)
-    if not run.has(MODEL_INIT):  # also when a resumed run was stopped before writing it
+    run = training_run(out, record, resume=resume, writer=writer)
+    if writer and not run.has(MODEL_INIT):  # also when a resumed run was stopped before writing it
         save_tensors(run.path_of(MODEL_INIT), pretrained_state)
     with interruptible(run, "retrain", config.train.epochs):
         history = [dict(r) for r in source_run.read_metrics()]  # the pretraining curve, kept in front
-        callbacks = [c for c in (_FrameRecorder(run, hooks) if record_frames else None, on_epoch) if c is not None]
+        recorder = _FrameRecorder(run, hooks) if record_frames and writer else None
+        callbacks = [c for c in (recorder, on_epoch) if c is not None]
 
         def after_epoch(epoch: int, net: torch.nn.Module) -> None:
             for callback in callbacks:
                 callback(epoch, net)
 
         fit(model, data, config.train, method=hooks, run=run, phase="retrain", resume=resume,
-            batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=after_epoch)  # fmt: skip
+            batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=after_epoch,
+            dist=dist)  # fmt: skip
+        if not writer:
+            return {}
         errors["retrained"] = evaluate_model(model, data)
         return _finalize_and_finish(
             run, model, hooks, config, data, errors, batch_size=data_cfg.batch_size, progress=progress
@@ -152,8 +185,9 @@ def _finalize_and_finish(
         run.write_metrics(finished.rows)
     summary = {**hooks.summary(), **finished.summary()}
     return write_and_report(
-        run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary, hint=hooks.collapse_hint()
-    )
+        run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary,
+        hint=hooks.collapse_hint(), coverage=hooks.coverage_reasons(),
+    )  # fmt: skip
 
 
 def resolve_recipe(config: MethodConfig, source: dict[str, Any]) -> tuple[MethodConfig, DataConfig]:
@@ -187,11 +221,13 @@ def write_and_report(
     errors: dict[str, dict[str, float]],
     method_summary: dict[str, Any] | None = None,
     hint: str = Method.collapse_hint(),
+    coverage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Quantized checkpoint -> model.wsz -> decode -> evaluate the decoded model -> report.json.
 
     The report's ``warnings`` say when the result collapsed or lost much in the hard assignment (then with
-    ``hint``, what usually helps); the files are written all the same, to be inspected.
+    ``hint``, what usually helps); the files are written all the same, to be inspected. ``coverage``
+    (``Method.coverage_reasons()``) goes into the report: why each dense tensor was not compressed.
     """
     from weightshare.codec import load_compressed, save_compressed
     from weightshare.core.quantized import save_quantized
@@ -202,7 +238,9 @@ def write_and_report(
     model_name = str(qmodel.meta["model"])
     net = decoded.load_into(build_model(model_name, data.num_classes))
     errors = {**errors, "decoded": evaluate_model(net, data)}
-    report = build_report(run, errors=errors, written_bytes=nbytes, model=net, example_input=data.test.x[:1])
+    report = build_report(
+        run, errors=errors, written_bytes=nbytes, model=net, example_input=data.test.x[:1], coverage=coverage
+    )
     report["method_summary"] = method_summary or {}
     report["warnings"] = result_warnings(report, data.num_classes, hint)
     write_report(run, report)

@@ -22,10 +22,11 @@ from weightshare.data.config import DataConfig
 from weightshare.data.datasets import DataBundle, load_data
 from weightshare.methods.base import AT_LEAST_ONE_EPOCH
 from weightshare.models.architectures import build_model
-from weightshare.pipeline.rundirs import check_new, interruptible, open_run, recorded
+from weightshare.pipeline.rundirs import check_new, interruptible, open_run, recorded, training_run
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import PRETRAINED, RESULT
 from weightshare.train.config import TrainConfig
+from weightshare.train.distributed import Distributed, session
 from weightshare.train.loop import evaluate, fit
 
 __all__ = ["pretrain", "load_run_model", "open_pretrain_run", "open_source_run", "set_threads", "data_config_of"]
@@ -48,30 +49,46 @@ def pretrain(
     """Train a model from scratch into run directory ``out``; returns the final metrics row.
 
     Writes ``config.json``, ``env.json``, ``metrics.csv``, ``checkpoints/`` and the final
-    weights ``model.safetensors``.
+    weights ``model.safetensors``. Launched by ``torchrun``, it trains data-parallel and rank 0 alone
+    writes (:mod:`weightshare.train.distributed`); the other ranks return an empty dict.
     """
     validate(data_cfg)
     validate(train_cfg, AT_LEAST_ONE_EPOCH)  # zero epochs would "pretrain" a random network
     set_threads(train_cfg.threads)
     config = {"command": "pretrain", "data": asdict(data_cfg), "train": asdict(train_cfg)}
-    if resume:
-        run = open_pretrain_run(out, write=True)
-    else:
-        check_new(out)
-        run = RunDir.create(out, config)
-    with interruptible(run, "pretrain", train_cfg.epochs):
-        return _train(run, data_cfg, train_cfg, resume=resume, progress=progress, data=data)
+    with session() as dist:
+        writer = dist is None or dist.is_main
+        if resume:
+            open_pretrain_run(out)
+        else:
+            check_new(out)
+        if dist is not None:
+            dist.barrier()  # every rank has looked at ``out`` before rank 0 creates it
+        run = training_run(out, config, resume=resume, writer=writer)
+        with interruptible(run, "pretrain", train_cfg.epochs):
+            return _train(run, data_cfg, train_cfg, resume=resume, progress=progress, data=data, dist=dist)
 
 
 def _train(
-    run: RunDir, data_cfg: DataConfig, train_cfg: TrainConfig, *, resume: bool, progress: bool, data: DataBundle | None
+    run: RunDir,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    *,
+    resume: bool,
+    progress: bool,
+    data: DataBundle | None,
+    dist: Distributed | None,
 ) -> dict[str, Any]:
     """The training of :func:`pretrain` in its run directory, then the final weights and errors."""
     data = data or load_data(data_cfg)
     torch.manual_seed(train_cfg.seed)
     model = build_model(train_cfg.model, data.num_classes)
+    if dist is not None:
+        model.to(dist.device)
     fit(model, data, train_cfg, run=run, phase="pretrain", resume=resume,
-        batch_size=data_cfg.batch_size, progress=progress)  # fmt: skip
+        batch_size=data_cfg.batch_size, progress=progress, dist=dist)  # fmt: skip
+    if dist is not None and not dist.is_main:
+        return {}
     save_tensors(run.path_of(PRETRAINED), model.state_dict())
     final = {"val_error": evaluate(model, data.val)["error"], "test_error": evaluate(model, data.test)["error"]}
     write_json(run.path_of(RESULT), {**final, "epochs": train_cfg.epochs, "model": train_cfg.model})

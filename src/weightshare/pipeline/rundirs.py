@@ -19,7 +19,7 @@ from weightshare.runs.rundir import leftover as _leftover
 from weightshare.runs.schema import COMPRESSED, CONFIG, PRETRAINED
 from weightshare.train.checkpoint import checkpointed_epochs, has_checkpoint
 
-__all__ = ["check_new", "describe", "interruptible", "open_run", "recorded", "run_kind"]
+__all__ = ["check_new", "describe", "interruptible", "open_run", "recorded", "run_kind", "training_run"]
 
 _FINAL = {"pretrain": PRETRAINED, "compress": COMPRESSED}  # the file a finished run of each command holds
 
@@ -85,6 +85,14 @@ def check_new(path: str | os.PathLike) -> None:
                 "pass --resume to start it from epoch 0 with the settings it was started with, or remove it"
             )
     RunDir.check_new(path)
+
+
+def training_run(path: str | os.PathLike, record: dict[str, Any], *, resume: bool, writer: bool) -> RunDir:
+    """The run directory a training writes into: created with ``record`` (or claimed, to resume it) by the
+    ``writer``; the other ranks of a ``torchrun`` launch get it unclaimed, only to read its checkpoint."""
+    if not writer:
+        return RunDir(path)
+    return RunDir.open(path, write=True) if resume else RunDir.create(path, record)
 
 
 def _epochs_done(run: RunDir, phase: str) -> int:

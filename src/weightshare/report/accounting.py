@@ -378,7 +378,9 @@ def paper_style(
         )
         for name, qt in qmodel.quantized.items()
     ]
-    dense = [DenseBits(n, t.numel(), dense_bits * t.numel(), t.dim() >= 2) for n, t in qmodel.dense.items()]
+    # Integer and bool buffers (BatchNorm's num_batches_tracked) are not parameters: the papers' |W| has none.
+    floats = {n: t for n, t in qmodel.dense.items() if t.is_floating_point()}
+    dense = [DenseBits(n, t.numel(), dense_bits * t.numel(), t.dim() >= 2) for n, t in floats.items()]
     settings = {
         "index_bits_fc": index_bits_fc,
         "index_bits_conv": index_bits_conv,

@@ -71,13 +71,15 @@ def build_report(
     written_bytes: int | None = None,
     model: nn.Module | None = None,
     example_input: torch.Tensor | None = None,
+    coverage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything a compression run measured, for report.json, from the run's ``model.wsz`` alone.
 
     The byte count and file rates come from the file; every other figure from the model decoded from it.
     ``errors`` holds the measured test (and validation) errors, the decoded model's under ``"decoded"``.
     ``written_bytes``, what the encoder said it wrote, is only checked against the file. ``model`` (the
-    architecture) and ``example_input`` let the export formats' sizes include ONNX.
+    architecture) and ``example_input`` let the export formats' sizes include ONNX. ``coverage``
+    (``Method.coverage_reasons()``) says why each tensor the file keeps dense was not compressed.
     """
     data, qmodel = _read_compressed(run)
     if written_bytes is not None and len(data) != written_bytes:
@@ -99,10 +101,20 @@ def build_report(
         ),
         "values_only_cr": _values_only(qmodel),
         "totals": _totals(qmodel),
-        "coverage": {"quantized": list(qmodel.quantized), "dense": list(qmodel.dense)},
+        "coverage": _coverage(qmodel, coverage),
         "layers": _layers(qmodel, inspected, paper),
         "decoded_equals_quantized": _matches_checkpoint(run, qmodel),
     }
+
+
+def _coverage(qmodel: QuantizedModel, reasons: dict[str, str] | None) -> dict[str, Any]:
+    """Which tensors the file quantizes, keeps dense (and why, when the method's rule is known) and
+    stores once for several names."""
+    out: dict[str, Any] = {"quantized": list(qmodel.quantized), "dense": list(qmodel.dense)}
+    out["shared"] = dict(qmodel.aliases)
+    if reasons is not None:
+        out["why_dense"] = {name: reasons.get(name, "not an entry of the method's model") for name in qmodel.dense}
+    return out
 
 
 # The export formats, as `weightshare export --format` names them, with what each holds (docs/export.md).

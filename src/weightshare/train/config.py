@@ -13,7 +13,7 @@ __all__ = ["TrainConfig"]
 class TrainConfig:
     """The one training loop: optimizer, schedule, epochs, seed."""
 
-    model: str = setting("mlp", "architecture", choices=("mlp", "lenet300", "lenet5", "tutorialnet", "wrn16_4"))
+    model: str = setting("mlp", "architecture", choices=("mlp", "lenet300", "lenet5", "tutorialnet", "wrn16_4", "vit"))
     epochs: int = setting(20, "training epochs", ge=0)
     optimizer: str = setting("adam", "optimizer", choices=("adam", "sgd"))
     lr: float = setting(1e-3, "learning rate of the model's weights", gt=0)

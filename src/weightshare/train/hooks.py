@@ -89,7 +89,12 @@ class TrainingHooks:
         """Refuse training settings the hooks cannot work with (e.g. epochs that miss a schedule)."""
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        """A term added to the mean task loss of each mini-batch, or None."""
+        """A term added to the mean task loss of each mini-batch, or None.
+
+        Under ``torchrun`` every rank adds it in full: DDP averages the gradients, so it counts once
+        (:mod:`weightshare.train.distributed`); it must be the same on every rank (a function of the weights, the
+        method's state and noise every rank draws alike), not of the batch: that is :meth:`extra_loss`.
+        """
         return None
 
     def extra_loss(

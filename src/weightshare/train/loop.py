@@ -8,6 +8,8 @@ split (and the test split, for reporting only), one row in ``metrics.csv`` and
 a checkpoint (one safetensors file, see :mod:`weightshare.train.checkpoint`; never pickle). The shuffling of epoch ``e``
 depends only on ``(seed, e)`` and the torch RNG state is checkpointed, so a
 resumed run ends with the same weights, bit for bit, as one never interrupted.
+Given a :class:`~weightshare.train.distributed.Distributed` (a ``torchrun`` launch), the same loop runs
+data-parallel; :mod:`weightshare.train.distributed` says how it stays equal to one process.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from weightshare.data.datasets import DataBundle, Split, batches
 from weightshare.runs.rundir import RunDir
 from weightshare.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from weightshare.train.config import TrainConfig
+from weightshare.train.distributed import Distributed
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
 __all__ = ["fit", "evaluate", "evaluate_model", "FitResult", "TrainingDiverged", "build_optimizer", "lr_factor"]
@@ -44,8 +47,10 @@ class FitResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str, float]:
-    """Top-1 error (%) and mean cross-entropy of ``model`` on a split.
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 1000, dist: Distributed | None = None
+) -> dict[str, float]:
+    """Top-1 error (%) and mean cross-entropy of ``model`` on a split (with ``dist``: each rank a part).
 
     >>> from weightshare.data.datasets import Split
     >>> net = nn.Linear(2, 2)
@@ -54,15 +59,24 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict[str
     """
     was_training = model.training
     model.eval()
-    wrong, loss_sum = 0, 0.0
-    for x, y in batches(split, batch_size):
+    part = split if dist is None else Split(split.x[dist.shard(len(split))], split.y[dist.shard(len(split))])
+    device = _device_of(model)
+    wrong, loss_sum = 0.0, 0.0
+    for x, y in batches(part, batch_size):
+        x, y = x.to(device), y.to(device)
         logits = model(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         wrong += int((logits.argmax(1) != y).sum())
     model.train(was_training)
+    if dist is not None:  # every image counted once, on the rank whose part holds it
+        wrong, loss_sum = dist.sum([wrong, loss_sum])
     if len(split) == 0:  # e.g. --val-size 0: no validation split, so no figure (not a 0% error)
         return {"error": math.nan, "loss": math.nan}
     return {"error": 100.0 * wrong / len(split), "loss": loss_sum / len(split)}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def evaluate_model(model: nn.Module, data: DataBundle) -> dict[str, float]:
@@ -102,25 +116,41 @@ def lr_factor(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> 
 # --- the loop ----------------------------------------------------------------------------
 
 
-def _train_epoch(model, data: DataBundle, cfg: TrainConfig, batch_size: int, method, optimizer, epoch, bar):
-    model.train()
-    steps = math.ceil(len(data.train) / batch_size)
+def _epoch_batches(data: DataBundle, cfg: TrainConfig, batch_size: int, epoch: int, dist: Distributed | None):
+    seed = cfg.seed * 100003
+    if dist is None:
+        return batches(data.train, batch_size, shuffle=True, seed=seed + epoch, augment=data.augment)
+    return dist.batches(data.train, batch_size, seed=seed, epoch=epoch, augment=data.augment)
+
+
+def _steps_per_epoch(n: int, batch_size: int, dist: Distributed | None) -> int:
+    return dist.steps(n, batch_size) if dist is not None else math.ceil(n / batch_size)
+
+
+def _train_epoch(net, model, data: DataBundle, cfg: TrainConfig, batch_size: int, method, optimizer, epoch, bar, dist):
+    """One epoch; ``net`` is what the forward runs (``model`` itself, or it inside DDP), the hooks see ``model``."""
+    net.train()
+    steps = _steps_per_epoch(len(data.train), batch_size, dist)
+    # The method's own parameters (every group after the model's) are outside DDP: averaged by hand.
+    outside = [p for g in optimizer.param_groups[1:] for p in g["params"]]
+    device = _device_of(model)
     totals = {"loss": 0.0, "task_loss": 0.0, "penalty": 0.0}
     seen = 0
-    for step, (x, y) in enumerate(
-        batches(data.train, batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch, augment=data.augment)
-    ):
+    for step, (x, y) in enumerate(_epoch_batches(data, cfg, batch_size, epoch, dist)):
+        x, y = x.to(device), y.to(device)
         factor = lr_factor(cfg, epoch, step, steps)
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] * factor
-        logits = model(x)
+        logits = net(x)
         task = F.cross_entropy(logits, y)
         penalty = _sum_terms(method.penalty(model), method.extra_loss(model, x, y, logits))
         loss = task if penalty is None else task + penalty
         if not torch.isfinite(loss):
             raise TrainingDiverged(_divergence_message(method, epoch, step, task, penalty))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP: the model's gradients are averaged over the ranks here
+        if dist is not None:
+            dist.average_gradients(outside)
         optimizer.step()
         method.after_step(model, TrainContext(optimizer, epoch, step, steps, cfg.epochs))
         n, value = len(y), float(loss.detach())
@@ -130,6 +160,9 @@ def _train_epoch(model, data: DataBundle, cfg: TrainConfig, batch_size: int, met
         totals["penalty"] += (float(penalty.detach()) if penalty is not None else 0.0) * n
         bar.update(1)
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+    if dist is not None:  # the epoch's means over every rank's examples
+        *sums, seen = dist.sum([*totals.values(), seen])
+        totals = dict(zip(totals, sums, strict=True))
     return {k: v / max(seen, 1) for k, v in totals.items()}
 
 
@@ -161,12 +194,16 @@ def fit(
     progress: bool = True,
     history: list[dict[str, Any]] | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    dist: Distributed | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs, with a method's hooks if one is given.
 
-    ``history`` holds earlier rows (e.g. the pretraining curve) that metrics.csv keeps in front.
+    ``history`` holds earlier rows (e.g. the pretraining curve) that metrics.csv keeps in front. With
+    ``dist`` (a ``torchrun`` launch) the training is data-parallel, ``batch_size`` the global batch; only
+    rank 0 writes into ``run``, shows progress and calls ``on_epoch``, every rank reads the checkpoint.
     """
     method = method or TrainingHooks()
+    main = dist is None or dist.is_main
     optimizer = build_optimizer(model, method, cfg)
     rows, start = list(history or []), 0
     if resume and run is None:
@@ -174,10 +211,11 @@ def fit(
     if resume and has_checkpoint(run):  # interrupted before its first checkpoint: start from epoch 0
         restored = load_checkpoint(run, model, optimizer, method, phase=phase)
         start, rows = restored["epoch"] + 1, restored["history"]
-    steps = math.ceil(len(data.train) / batch_size)
+    steps = _steps_per_epoch(len(data.train), batch_size, dist)
+    net = dist.wrap(model) if dist is not None else model
     with tqdm(
         total=steps * max(cfg.epochs - start, 0),
-        disable=not progress,
+        disable=not (progress and main),
         desc=phase,
         unit="batch",
         mininterval=0.5,
@@ -185,16 +223,22 @@ def fit(
     ) as bar:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
-            train_stats = _train_epoch(model, data, cfg, batch_size, method, optimizer, epoch, bar)
+            train_stats = _train_epoch(net, model, data, cfg, batch_size, method, optimizer, epoch, bar, dist)
             seconds = time.perf_counter() - t0
+            if dist is not None:
+                dist.broadcast_buffers(model)
             method.on_epoch_end(model, TrainContext(optimizer, epoch, steps - 1, steps, cfg.epochs))
+            if dist is not None:
+                dist.check_identical(_training_state(model, method), f"after epoch {epoch + 1}")
             row = {"phase": phase, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats}
-            row["val_error"] = evaluate(model, data.val)["error"]
+            row["val_error"] = evaluate(model, data.val, dist=dist)["error"]
             if cfg.eval_test:
-                row["test_error"] = evaluate(model, data.test)["error"]
+                row["test_error"] = evaluate(model, data.test, dist=dist)["error"]
             row.update(method.epoch_metrics(model))
             row["seconds"] = seconds
             rows.append(row)
+            if not main:
+                continue
             if run is not None:
                 run.write_metrics(rows)
                 save_checkpoint(run, model, optimizer, method, epoch=epoch, phase=phase, history=rows)
@@ -203,6 +247,12 @@ def fit(
             if progress:
                 tqdm.write(_epoch_line(row, method.progress_keys))
     return FitResult(model, rows)
+
+
+def _training_state(model: nn.Module, method: TrainingHooks) -> dict[str, Any]:
+    """What every rank must hold alike: the model's state and the method's (masks, duals, mixture...)."""
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    return state | {f"method.{k}": v for k, v in method.state_dict().items()}
 
 
 def _epoch_line(row: dict[str, Any], keys: tuple[str, ...]) -> str:

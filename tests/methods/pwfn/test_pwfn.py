@@ -231,6 +231,8 @@ def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
     assert report["errors"]["decoded"] == report["errors"]["retrained"]  # every weight was already on a centre
     assert report["totals"]["nonzero_fraction"] >= 0.95  # powers of two, none of them zero here: 1.0 for seeds 0-5
     assert report["coverage"]["dense"] == ["net.0.bias", "net.2.bias", "net.4.bias"]
+    why = "bias of a covered layer (include_biases is off)"
+    assert report["coverage"]["why_dense"] == {name: why for name in report["coverage"]["dense"]}
     q = load_quantized(out / "quantized.safetensors")
     assert len(q.codebooks) == 1 and report["totals"]["unique_values"] == q.unique_values()
     assert 2 < report["totals"]["unique_values"] < 64 and 0 < report["totals"]["entropy_bits_per_weight"] < 6
@@ -242,3 +244,35 @@ def test_cli_end_to_end_on_digits(pretrained_digits, tmp_path, cli_compress):
 def test_cli_refuses_bad_settings(pretrained_digits, tmp_path, cli_refuses):
     err = cli_refuses("pwfn", pretrained_digits, tmp_path / "C", "--schedule", "0.5,0.4,1")
     assert "setting 'schedule' must be strictly increasing: 0.4 follows 0.5" in err
+
+
+class _TiedWithAttention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.attention = torch.nn.MultiheadAttention(4, 1, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b(self.a(x))
+        return self.attention(h, h, h, need_weights=False)[0]
+
+
+def test_noise_reaches_tied_and_attention_weights_once_per_forward():
+    torch.manual_seed(0)
+    model = _TiedWithAttention()
+    pw = ProbabilisticWeightFixing(model, PWFNConfig(schedule=[0.5, 1.0], first_epochs=0))
+    seen = {}
+    for name in ("a", "b"):
+        model.get_submodule(name).register_forward_pre_hook(lambda m, args, name=name: seen.update({name: m.weight}))
+    model.attention.register_forward_pre_hook(lambda m, args: seen.update({"out": m.out_proj.weight}))
+    model.train()
+    model(torch.randn(2, 3, 4))
+    assert set(pw._eps) == {"a.weight", "attention.in_proj_weight", "attention.out_proj.weight"}
+    assert seen["a"] is seen["b"]  # one sample for the tied weight, under both names
+    assert not isinstance(seen["a"], torch.nn.Parameter) and not torch.equal(seen["a"], model.a.weight)
+    assert not torch.equal(seen["out"], model.attention.out_proj.weight)
+    assert model.b.weight is model.a.weight and isinstance(model.attention.out_proj.weight, torch.nn.Parameter)
+    first = seen["a"]
+    model(torch.randn(2, 3, 4))
+    assert seen["a"] is seen["b"] and not torch.equal(seen["a"], first)  # a new sample each forward

@@ -190,3 +190,17 @@ def test_stable_with_extreme_pi0_and_precisions() -> None:
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(w.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in prior.parameters())
+
+
+def test_a_tied_embedding_is_penalised_and_quantized_once():
+    """The issue's own case: an embedding shared with the output layer, as in most language models."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False))
+    model[2].weight = model[0].weight
+    prior = MixturePrior.from_model(model, num_components=5, kernel="fast")
+    assert prior.names == ["0.weight", "1.weight"]
+    once = prior.complexity_loss([model[0].weight, model[1].weight])
+    assert torch.equal(prior.complexity_loss(model), once)
+    qmodel = prior.quantize(model)
+    assert list(qmodel.quantized) == ["0.weight", "1.weight"] and qmodel.aliases == {"2.weight": "0.weight"}
+    assert list(qmodel.dense) == ["1.bias"]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from weightshare.core.codebook import SharedWeights, compact_codebook
-from weightshare.core.coverage import covered_parameters
+from weightshare.core.coverage import CoverageRule
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
 from weightshare.methods.admm.config import AdmmConfig
@@ -168,7 +168,8 @@ class ADMM(Method):
 
     def __init__(self, model: nn.Module, config: AdmmConfig, n_train: int = 0) -> None:
         self.config = c = config  # checked once, by settings.validate (compress calls it)
-        self.covered = covered_parameters(model, pattern=c.cover_pattern)
+        self.coverage = CoverageRule(pattern=c.cover_pattern, exclude=c.cover_exclude).select(model)
+        self.covered = self.coverage.covered
         numels = [p.numel() for p in self.covered.values()]
         self.budget = model_size_budget(numels, c.nnz_budget, c.bit_budget)
         self.bits = {n: math.floor(c.bit_budget) for n in self.covered}
@@ -283,9 +284,6 @@ class ADMM(Method):
         self.steps_per_epoch, self._batch, self._done_at_batch = self._batch, 0, (False, False)
         self.epochs_done = ctx.epoch + 1
         self._maybe_start_finetune()
-
-    def covered_tensors(self) -> dict[str, nn.Parameter]:
-        return dict(self.covered)
 
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:

@@ -21,6 +21,10 @@ __all__ = ["DCConfig", "DC_PRESETS"]
 # better still on that checkpoint, which Adam trained without any L2 (validation 1.98%, test 1.52%; Adam 5e-4 with L2
 # 1e-4: 2.14% / 1.65%; SGD 0.01: 2.56% / 1.82%; benchmarks/RESULTS.md). Each preset's train epochs equal its
 # schedule's total.
+# Per covered layer of the `vit` model, in order: patch embedding, 4 blocks x (query, key, value, attention
+# projection, MLP in, MLP out), head.
+VIT_KEPT = [0.5] + [0.25] * 24 + [0.5]
+
 DC_PRESETS: dict[str, Preset] = {
     "digits": {
         "train": {"epochs": 12, "lr": 1e-3, "weight_decay": 1e-5, "lr_schedule": "none"},
@@ -51,6 +55,22 @@ DC_PRESETS: dict[str, Preset] = {
         "dc": {
             "kept": [0.66, 0.12, 0.08, 0.19],
             "prune_rounds": 5,
+            "prune_epochs": 2,
+            "quant_epochs": 4,
+            "bits_conv": 8,
+            "bits_fc": 5,
+            "lr_centroids": 1e-5,
+        },
+    },
+    # The small vision transformer: no paper tables, so the kept fractions follow the paper's pattern (the large
+    # middle layers pruned most, the first and the last layer least: LeNet-5 keeps 66% of conv1, 19% of ip2) with
+    # 25% of every block matrix and half of the patch embedding and the head; 8-bit conv (the patch embedding)
+    # and 5-bit fc, the paper's widths. Adam at half the pretraining rate, as for the Adam-trained LeNet-5.
+    "vit": {
+        "train": {"epochs": 12, "lr": 5e-4, "weight_decay": 1e-5, "lr_schedule": "none"},
+        "dc": {
+            "kept": VIT_KEPT,
+            "prune_rounds": 4,
             "prune_epochs": 2,
             "quant_epochs": 4,
             "bits_conv": 8,
@@ -104,6 +124,7 @@ class DCConfig(MethodConfig):
     kmeans_seed: int = setting(0, "seed of the forgy / kmeans++ initialisations", ge=0)
     lr_centroids: float = setting(1e-4, "learning rate of the shared values during fine-tuning", ge=0)
     cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")
+    cover_exclude: str | None = setting(None, "regex on parameter names taking tensors out of the covered ones")
 
     @property
     def total_epochs(self) -> int:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from weightshare.core.codebook import TiedCodebooks, compact_codebook
-from weightshare.core.coverage import covered_parameters
+from weightshare.core.coverage import CoverageRule
 from weightshare.core.errors import ConfigError
 from weightshare.core.kmeans import kmeans1d
 from weightshare.core.quantized import QuantizedModel
@@ -104,7 +104,8 @@ class DeepCompression(Method):
 
     def __init__(self, model: nn.Module, config: DCConfig, n_train: int = 0) -> None:
         self.config = config  # checked once, by settings.validate (compress calls it)
-        self.covered = covered_parameters(model, pattern=config.cover_pattern)
+        self.coverage = CoverageRule(pattern=config.cover_pattern, exclude=config.cover_exclude).select(model)
+        self.covered = self.coverage.covered
         names = list(self.covered)
         self.bits = {n: layer_bits(p, config) for n, p in self.covered.items()}
         self.targets = per_layer(config.kept, names, "kept") if config.prune_by == "kept" else {}
@@ -194,9 +195,6 @@ class DeepCompression(Method):
         epoch = ctx.epoch
         self.epochs_done = epoch + 1
         self._advance()
-
-    def covered_tensors(self) -> dict[str, nn.Parameter]:
-        return dict(self.covered)
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         kept = sum(int(m.sum()) for m in self.masks.values())

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from weightshare.core.codebook import distinct_codebook
-from weightshare.core.coverage import covered_parameters
+from weightshare.core.coverage import CoverageRule
 from weightshare.core.errors import ConfigError
 from weightshare.core.quantized import QuantizedModel
 from weightshare.methods.base import Method, TrainContext, require_epochs
@@ -103,6 +103,11 @@ def join_sigma(rule: str, mu: torch.Tensor, sigma: torch.Tensor, group: torch.Te
 # --- the method -----------------------------------------------------------------------------------------
 
 
+def _readers(model: nn.Module) -> dict[nn.Module, nn.Module]:
+    """Modules whose parameters another module's forward reads: an attention's out_proj -> the attention."""
+    return {m.out_proj: m for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+
 class ProbabilisticWeightFixing(Method):
     """Learned per-weight uncertainties; weights fixed to power-of-two centres round by round.
 
@@ -124,7 +129,10 @@ class ProbabilisticWeightFixing(Method):
     def __init__(self, model: nn.Module, config: PWFNConfig, n_train: int = 0) -> None:
         self.config = config  # checked once, by settings.validate (compress calls it)
         self.fractions = list(config.schedule)
-        self.covered = covered_parameters(model, include_biases=config.include_biases, pattern=config.cover_pattern)
+        self.coverage = CoverageRule(config.include_biases, config.cover_pattern, exclude=config.cover_exclude).select(
+            model
+        )
+        self.covered = self.coverage.covered
         self.sigma = {n: nn.Parameter(self._initial_sigma(p)) for n, p in self.covered.items()}
         self.fixed = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in self.covered.items()}
         self.value = {n: torch.zeros_like(p.detach()) for n, p in self.covered.items()}
@@ -133,6 +141,7 @@ class ProbabilisticWeightFixing(Method):
         self.rounds: list[dict[str, Any]] = []
         self._eps: dict[str, torch.Tensor] = {}
         self._saved: dict[tuple[int, str], torch.Tensor] = {}
+        self._noisy: dict[str, torch.Tensor] = {}  # this forward's noisy weights, one sample per weight
         self._handles = self._install_hooks(model)
         self._advance()
 
@@ -141,41 +150,51 @@ class ProbabilisticWeightFixing(Method):
 
     # --- noise in training mode only (forward hooks) ----------------------------------------
     def _install_hooks(self, model: nn.Module) -> list[Any]:
-        slots: dict[int, list[tuple[str, str]]] = {}
-        handles = []
-        for module_name, module in model.named_modules():
-            for pname, _ in module.named_parameters(recurse=False):
-                full = f"{module_name}.{pname}" if module_name else pname
-                if full in self.covered:
-                    slots.setdefault(id(module), []).append((pname, full))
-                    if len(slots[id(module)]) == 1:
-                        handles.append(module.register_forward_pre_hook(self._add_noise(slots[id(module)])))
-                        handles.append(module.register_forward_hook(self._restore(slots[id(module)]), always_call=True))
+        """Noise on every covered weight for each forward, through hooks on the modules that read it.
+
+        A weight is found by identity, so a tied weight is noisy under each of its names, with one
+        sample per forward (the root's pre-hook starts a new one). ``nn.MultiheadAttention`` reads its
+        ``out_proj.weight`` without calling ``out_proj``: that weight is swapped by the attention's hooks.
+        """
+        name_of = {id(p): n for n, p in self.covered.items()}
+        slots: dict[nn.Module, list[tuple[nn.Module, str, str]]] = {}
+        handles = [model.register_forward_pre_hook(lambda module, args: self._noisy.clear())]
+        readers = _readers(model)
+        for _, module in model.named_modules():
+            reader = readers.get(module, module)
+            for pname, p in module.named_parameters(recurse=False):
+                if id(p) in name_of:
+                    slots.setdefault(reader, []).append((module, pname, name_of[id(p)]))
+        for reader, slot in slots.items():
+            handles.append(reader.register_forward_pre_hook(self._add_noise(slot)))
+            handles.append(reader.register_forward_hook(self._restore(slot), always_call=True))
         for name, p in self.covered.items():
             handles.append(p.register_hook(self._freeze_grad(name)))
             if self.config.sigma_join != "allow_retraining":
                 handles.append(self.sigma[name].register_hook(self._freeze_grad(name)))
         return handles
 
-    def _add_noise(self, slots: list[tuple[str, str]]) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any) -> None:
-            if not module.training:
+    def _add_noise(self, slots: list[tuple[nn.Module, str, str]]) -> Callable[..., None]:
+        def hook(reader: nn.Module, args: Any) -> None:
+            if not reader.training:
                 return  # evaluation uses mu
-            for pname, full in slots:
+            for module, pname, full in slots:
                 mu = module._parameters[pname]
-                eps = torch.randn_like(mu)
-                self._eps[full] = eps
+                if full not in self._noisy:
+                    eps = torch.randn_like(mu)
+                    self._eps[full] = eps
+                    # Reparameterisation w = mu + sigma * eps: gradients reach mu and sigma
+                    # (docs/methods.md#pwfn-model). Written into _parameters directly (as
+                    # torch.func.functional_call swaps tensors) for this one forward.
+                    self._noisy[full] = mu + self.sigma[full] * eps
                 self._saved[(id(module), pname)] = mu
-                # Reparameterisation w = mu + sigma * eps: gradients reach mu and sigma
-                # (docs/methods.md#pwfn-model). Written into _parameters directly (as
-                # torch.func.functional_call swaps tensors) for this one forward.
-                module._parameters[pname] = mu + self.sigma[full] * eps
+                module._parameters[pname] = self._noisy[full]
 
         return hook
 
-    def _restore(self, slots: list[tuple[str, str]]) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            for pname, _ in slots:
+    def _restore(self, slots: list[tuple[nn.Module, str, str]]) -> Callable[..., None]:
+        def hook(reader: nn.Module, args: Any, output: Any) -> None:
+            for module, pname, _ in slots:
                 mu = self._saved.pop((id(module), pname), None)
                 if mu is not None:
                     module._parameters[pname] = mu
@@ -309,9 +328,6 @@ class ProbabilisticWeightFixing(Method):
     def check_train(self, train: TrainConfig) -> None:
         """Refuse a training length that does not match the fixing schedule (call before training)."""
         check_epochs(self.config, train)
-
-    def covered_tensors(self) -> dict[str, nn.Parameter]:
-        return dict(self.covered)
 
     def records(self) -> dict[str, Any]:
         """One entry per fixing round: the fraction fixed, the centres used, the sigmas (paper Alg. 1)."""

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weightshare.core.coverage import covered_parameters
+from weightshare.core.coverage import CoverageRule
 from weightshare.core.quantized import QuantizedModel
 from weightshare.methods.base import FigureSpec, Method, TrainContext
 from weightshare.methods.sws.config import SWSConfig
@@ -83,10 +83,14 @@ class SoftWeightSharing(Method):
             raise ValueError(f"n_train must be positive, got {n_train}")
         self.config = config
         self.n_train = n_train
-        self.covered = covered_parameters(model, include_biases=config.include_biases, pattern=config.cover_pattern)
+        self.coverage = CoverageRule(config.include_biases, config.cover_pattern, exclude=config.cover_exclude).select(
+            model
+        )
+        self.covered = self.coverage.covered
         mixture_fields = {f.name for f in dataclasses.fields(MixtureConfig)}
         mixture_cfg = MixtureConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in mixture_fields})
         self.prior = MixturePrior([p.detach() for p in self.covered.values()], mixture_cfg)
+        self.prior.to(next(iter(self.covered.values())).device)  # the mixture where the weights are
         self.prior.names = list(self.covered)
         self.epoch = 0
         self.history: list[torch.Tensor] = []  # per epoch: the mixture's _TRACKED rows (float64)
@@ -135,9 +139,6 @@ class SoftWeightSharing(Method):
             "sparsity": zeros / max(total, 1),
             "components": int((pis[1:] > 1e-3).sum()) + 1,
         }
-
-    def covered_tensors(self) -> dict[str, nn.Parameter]:
-        return dict(self.covered)
 
     def records(self) -> dict[str, Any]:
         """The mixture after every epoch, at the end, and merged as ``finalize`` uses it (paper eq. 8)."""
@@ -188,10 +189,18 @@ class SoftWeightSharing(Method):
         history = state.get("history")
         self.history = list(history.unbind(0)) if isinstance(history, torch.Tensor) else []
 
-    def finalize(self, model: nn.Module) -> QuantizedModel:
+    def coverage_reasons(self) -> dict[str, str]:
+        reasons = super().coverage_reasons()
+        for name in set(self.covered) - set(self._quantized_names()):
+            reasons[name] = "under the prior while training, the last covered layer left dense (quant_skip_last)"
+        return reasons
+
+    def _quantized_names(self) -> list[str]:
         names = list(self.covered)
-        if self.config.quant_skip_last:
-            names = names[: -self._last_layer_size(names)]
+        return names[: -self._last_layer_size(names)] if self.config.quant_skip_last else names
+
+    def finalize(self, model: nn.Module) -> QuantizedModel:
+        names = self._quantized_names()
         return self.prior.quantize(model, rule=self.config.assign, kl_threshold=self.config.merge_kl, names=names)
 
     def _last_layer_size(self, names: list[str]) -> int:

@@ -146,7 +146,7 @@ def merge_mixture(mix: MergedMixture, kl_threshold: float) -> MergedMixture:
         means[i] = 0.0 if i == 0 else (pis[i] * means[i] + pis[j] * means[j]) / total
         variances[i] = (pis[i] * variances[i] + pis[j] * variances[j]) / total
         pis[i] = total
-        keep = torch.arange(means.numel()) != j
+        keep = torch.arange(means.numel(), device=means.device) != j
         means, variances, pis = means[keep], variances[keep], pis[keep]
     return MergedMixture(means, variances, pis)
 
@@ -166,14 +166,15 @@ def assign_components(weight: torch.Tensor, mix: MergedMixture, rule: str = "map
     """
     if rule not in ("map", "ml"):
         raise ValueError(f"rule must be 'map' or 'ml', got {rule!r}")
-    bias = -0.5 * mix.variances.log()
+    means, variances, pis = (t.to(weight.device) for t in (mix.means, mix.variances, mix.pis))
+    bias = -0.5 * variances.log()
     if rule == "map":
-        bias = bias + mix.pis.log()
+        bias = bias + pis.log()
     flat = weight.detach().reshape(-1).to(torch.float64)
-    out = torch.empty(flat.numel(), dtype=torch.int64)
+    out = torch.empty(flat.numel(), dtype=torch.int64, device=weight.device)
     for start in range(0, flat.numel(), _ASSIGN_CHUNK):
         w = flat[start : start + _ASSIGN_CHUNK, None]
-        score = bias - 0.5 * (w - mix.means).square() / mix.variances
+        score = bias - 0.5 * (w - means).square() / variances
         out[start : start + _ASSIGN_CHUNK] = score.argmax(1)
     return out.view(weight.shape)
 
@@ -244,6 +245,7 @@ class MixturePrior(nn.Module):
         include_biases: bool = False,
         pattern: str | None = None,
         skip_last: bool = False,
+        exclude: str | None = None,
         **config: Any,
     ) -> MixturePrior:
         """Build over the tensors :func:`~weightshare.core.coverage.covered_parameters` selects.
@@ -252,7 +254,9 @@ class MixturePrior(nn.Module):
         >>> MixturePrior.from_model(net).names
         ['0.weight', '2.weight']
         """
-        covered = covered_parameters(model, include_biases=include_biases, pattern=pattern, skip_last=skip_last)
+        covered = covered_parameters(
+            model, include_biases=include_biases, pattern=pattern, skip_last=skip_last, exclude=exclude
+        )
         return cls(list(covered.values()), MixtureConfig(**config), names=list(covered))
 
     # --- parametrisation ---------------------------------------------------
@@ -320,10 +324,10 @@ class MixturePrior(nn.Module):
     # --- post-processing (paper Sec. 4.3, Algorithm 1) --------------------
     @torch.no_grad()
     def mixture(self) -> MergedMixture:
-        """The current mixture as float64 (means, variances, pis), component 0 first."""
-        means = self.all_means().double()
+        """The current mixture as float64 CPU tensors (means, variances, pis), component 0 first."""
+        means = self.all_means().double().cpu()
         means[0] = 0.0
-        return MergedMixture(means, (-self.log_precisions.double()).exp(), self.log_pis().double().exp())
+        return MergedMixture(means, (-self.log_precisions.double().cpu()).exp(), self.log_pis().double().cpu().exp())
 
     def merged(self, kl_threshold: float = 1e-10) -> MergedMixture:
         """The mixture after merging components closer than ``kl_threshold`` (symmetric KL)."""
@@ -333,7 +337,7 @@ class MixturePrior(nn.Module):
     def responsibilities(self, weight: torch.Tensor) -> torch.Tensor:
         """r_ik = pi_k N(w_i | mu_k) / sum_j pi_j N(w_i | mu_j), shape (numel, J), float64."""
         mix = self.mixture()
-        w = weight.detach().reshape(-1, 1).double()
+        w = weight.detach().reshape(-1, 1).double().cpu()
         logits = mix.pis.log() - 0.5 * mix.variances.log() - 0.5 * (w - mix.means).square() / mix.variances
         return torch.softmax(logits, dim=1)
 
@@ -362,7 +366,7 @@ class MixturePrior(nn.Module):
         names = list(names) if names is not None else self.names
         if not names:
             raise ValueError("quantize needs the covered tensor names: build with from_model or pass names=")
-        state = model.state_dict()
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # a QuantizedModel lives on the CPU
         missing = [n for n in names if n not in state]
         if missing:
             raise KeyError(f"tensors not in the model: {missing}")

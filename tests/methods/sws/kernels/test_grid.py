@@ -290,7 +290,7 @@ def _capture_grid(monkeypatch, implementation: str) -> list:
 def _interpolated_terms(grid, implementation: str, w: torch.Tensor) -> torch.Tensor:
     """The kernel's [f, g^mu, g^lam, g^pi] for each weight of ``w`` alone, through its own moment reduction."""
     rows = []
-    bufs = grid_mod._workspace(1, w.dtype)
+    bufs = grid_mod._workspace(1, w.dtype, w.device)
     for i in range(w.numel()):
         if implementation == "compiled":
             grid.cell[:, 4:], grid.exact[:] = 0.0, 0.0  # the moments of the previous weight

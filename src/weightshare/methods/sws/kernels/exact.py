@@ -45,7 +45,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG2E = 1.0 / math.log(2.0)
 # One reusable buffer per (thread, K, chunk, dtype): allocating K x n temporaries each step is what
 # made the reference implementation page-fault heavily (docs/methods.md#sws-kernels).
-_WORKSPACES: dict[tuple[int, int, int, torch.dtype], torch.Tensor] = {}
+_WORKSPACES: dict[tuple[int, int, int, torch.dtype, torch.device], torch.Tensor] = {}
 
 
 def clear_workspace() -> None:
@@ -53,13 +53,13 @@ def clear_workspace() -> None:
     _WORKSPACES.clear()
 
 
-def _workspace(k: int, chunk: int, dtype: torch.dtype) -> torch.Tensor:
-    key = (threading.get_ident(), k, chunk, dtype)
+def _workspace(k: int, chunk: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (threading.get_ident(), k, chunk, dtype, device)
     buf = _WORKSPACES.get(key)
     if buf is None:
         if len(_WORKSPACES) >= 4:  # keep the cache bounded when shapes keep changing
             _WORKSPACES.clear()
-        buf = torch.empty(3 * k * chunk, dtype=dtype)
+        buf = torch.empty(3 * k * chunk, dtype=dtype, device=device)
         _WORKSPACES[key] = buf
     return buf
 
@@ -67,9 +67,9 @@ def _workspace(k: int, chunk: int, dtype: torch.dtype) -> torch.Tensor:
 class _Totals:
     """float64 accumulators across chunks: the loss and the three per-component moments."""
 
-    def __init__(self, k: int) -> None:
-        self.lse = torch.zeros((), dtype=torch.float64)
-        self.moments = torch.zeros(3 * k, dtype=torch.float64)  # [sum r, sum r d, sum r d^2]
+    def __init__(self, k: int, device: torch.device) -> None:
+        self.lse = torch.zeros((), dtype=torch.float64, device=device)
+        self.moments = torch.zeros(3 * k, dtype=torch.float64, device=device)  # [sum r, sum r d, sum r d^2]
 
 
 def _chunk(
@@ -113,7 +113,8 @@ class _MixtureNLL(torch.autograd.Function):
         lam = log_prec.exp()
         scale = (0.5 * _LOG2E * lam).sqrt().unsqueeze(1)
         coef = (_LOG2E * (log_pis + 0.5 * log_prec - _HALF_LOG_2PI)).unsqueeze(1)
-        ws, totals = _workspace(k, chunk, dtype), _Totals(k)
+        device = weights[0].device  # every buffer where the weights are: any device torch runs on
+        ws, totals = _workspace(k, chunk, dtype, device), _Totals(k, device)
         grads = []
         for idx, weight in enumerate(weights):
             flat = weight.detach().reshape(-1)

@@ -35,7 +35,9 @@ weight is not finite, the exact kernel is used for that step.
 
 Two implementations of steps 2-4: compiled loops over the occupied cells only
 (:mod:`weightshare.methods.sws.kernels.grid_jit`, numba; the default wherever numba runs) and the torch ops in
-this module (every cell; the fallback, and ``WEIGHTSHARE_JIT=0``). Both are held to the same
+this module (every cell; the fallback, ``WEIGHTSHARE_JIT=0``, and the path for tensors on any other
+device, e.g. CUDA: the compiled kernel reads CPU memory through numpy and is chosen for CPU tensors only;
+every table and buffer of the torch path lives on the weights' device). Both are held to the same
 float64 reference by the same tests.
 """
 
@@ -66,8 +68,8 @@ MAX_CELLS = 1 << 17
 DEFAULT_CHUNK = 1 << 19
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _EXACT_CHUNK = 8192
-_WORKSPACES: dict[tuple[int, int, torch.dtype], list[torch.Tensor]] = {}
-_GRAD_BUFFERS: dict[tuple[int, int, torch.dtype], tuple[torch.Tensor, weakref.ref]] = {}
+_WORKSPACES: dict[tuple[int, int, torch.dtype, torch.device], list[torch.Tensor]] = {}
+_GRAD_BUFFERS: dict[tuple[int, int, torch.dtype, torch.device], tuple[torch.Tensor, weakref.ref]] = {}
 
 
 def _grid_values(
@@ -113,8 +115,8 @@ def _exact_subset(
     w: torch.Tensor, mu: torch.Tensor, log_prec: torch.Tensor, log_pis: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 sum of [f, g^mu, g^lam, g^pi] over ``w`` and f'(w), chunked (O(chunk x K) memory)."""
-    total = torch.zeros(1 + 3 * mu.shape[0], dtype=torch.float64)
-    grad = torch.empty(w.shape[0], dtype=torch.float64)
+    total = torch.zeros(1 + 3 * mu.shape[0], dtype=torch.float64, device=w.device)
+    grad = torch.empty(w.shape[0], dtype=torch.float64, device=w.device)
     for start in range(0, w.shape[0], _EXACT_CHUNK):
         value, _ = _grid_values(w[start : start + _EXACT_CHUNK].double(), mu, log_prec, log_pis)
         total += value[:, :-1].sum(0)
@@ -122,19 +124,20 @@ def _exact_subset(
     return total, grad
 
 
-def _workspace(n: int, dtype: torch.dtype) -> list[torch.Tensor]:
+def _workspace(n: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     """Reused per-chunk buffers: t/u, tmp, u^m, ones (``dtype``), j (int64), packed weights (``dtype``).
 
     A fresh output above glibc's mmap threshold is page-faulted on every step (~0.4 ms per MB,
     measured), more than the arithmetic; cf. the workspace of :mod:`weightshare.methods.sws.kernels.exact`.
     """
-    key = (threading.get_ident(), n, dtype)
+    key = (threading.get_ident(), n, dtype, device)
     bufs = _WORKSPACES.get(key)
     if bufs is None:
         if len(_WORKSPACES) >= 4:  # bounded when shapes keep changing
             _WORKSPACES.clear()
-        bufs = [torch.empty(n, dtype=dtype) for _ in range(3)] + [torch.ones(n, dtype=dtype)]
-        bufs += [torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=dtype)]
+        bufs = [torch.empty(n, dtype=dtype, device=device) for _ in range(3)]
+        bufs += [torch.ones(n, dtype=dtype, device=device), torch.empty(n, dtype=torch.int64, device=device)]
+        bufs += [torch.empty(n, dtype=dtype, device=device)]
         _WORKSPACES[key] = bufs
     return bufs
 
@@ -188,17 +191,17 @@ class _Grid:
     ) -> None:
         self.x0, self.delta, self.cells, self.params = x0, delta, cells, params
         mu, lp, _ = params
-        k = mu.shape[0]
-        nodes = x0 + delta * torch.arange(cells + 1, dtype=torch.float64)
+        k, self.device = mu.shape[0], mu.device  # every table on the parameters' (= the weights') device
+        nodes = x0 + delta * torch.arange(cells + 1, dtype=torch.float64, device=self.device)
         self.value, self.slope = _grid_values(nodes, *params)
-        one = torch.ones(1, dtype=torch.float64)
+        one = torch.ones(1, dtype=torch.float64, device=self.device)
         scale = torch.cat([one, (0.5 * lp).exp(), one.expand(2 * k), (0.5 * lp.max()).exp().reshape(1)])
         err = (_cell_error(self.value, self.slope, delta) / scale).amax(1)
         self.flagged = ~(err <= tol)  # NaN counts as flagged
         self.any_flagged = bool(self.flagged.any())
-        self.moments = torch.zeros(4, cells, dtype=torch.float64)
-        self.scratch = torch.zeros(4, cells, dtype=dtype)
-        self.exact = torch.zeros(1 + 3 * k, dtype=torch.float64)
+        self.moments = torch.zeros(4, cells, dtype=torch.float64, device=self.device)
+        self.scratch = torch.zeros(4, cells, dtype=dtype, device=self.device)
+        self.exact = torch.zeros(1 + 3 * k, dtype=torch.float64, device=self.device)
         self.coef: list[torch.Tensor] = []
 
     def horner(self, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -251,8 +254,8 @@ class _Grid:
         # Cell sums of the Hermite basis h00 = 1 - 3u^2 + 2u^3, h10 = u - 2u^2 + u^3,
         # h01 = 3u^2 - 2u^3, h11 = u^3 - u^2; each node collects both adjacent cells.
         b01 = 3.0 * m2 - 2.0 * m3
-        node_v = torch.zeros(self.cells + 1, dtype=torch.float64)
-        node_s = torch.zeros(self.cells + 1, dtype=torch.float64)
+        node_v = torch.zeros(self.cells + 1, dtype=torch.float64, device=self.device)
+        node_s = torch.zeros(self.cells + 1, dtype=torch.float64, device=self.device)
         node_v[:-1] += m0 - b01
         node_v[1:] += b01
         node_s[:-1] += self.delta * (m1 - 2.0 * m2 + m3)
@@ -269,24 +272,24 @@ class _Owner:
         self.done = False
 
 
-def _gradient_buffer(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, _Owner]:
+def _gradient_buffer(n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, _Owner]:
     """The N-sized dS/dw output, reused from step to step: a fresh 1 MB tensor costs ~0.35 ms of page
     faults (measured, one thread), ~10 % of the prior's cost on LeNet-300-100. A buffer whose last
     forward still waits for its backward (two losses summed, say) is not reused: a fresh one is
     returned instead. The module keeps a reference, so autograd never adopts the buffer as a .grad
     (it copies); a stale second backward is caught by the version check in ``_GridNLL.backward``."""
-    key, owner = (threading.get_ident(), n, dtype), _Owner()
+    key, owner = (threading.get_ident(), n, dtype, device), _Owner()
     entry = _GRAD_BUFFERS.get(key)
     if entry is not None:
         previous = entry[1]()
         if previous is not None and not previous.done:
-            return torch.empty(n, dtype=dtype), owner
+            return torch.empty(n, dtype=dtype, device=device), owner
         buf = entry[0]
         torch.autograd.graph.increment_version(buf)  # numba writes through numpy: bump it ourselves
     else:
         if len(_GRAD_BUFFERS) >= 4:  # bounded when shapes keep changing
             _GRAD_BUFFERS.clear()
-        buf = torch.empty(n, dtype=dtype)
+        buf = torch.empty(n, dtype=dtype, device=device)
     _GRAD_BUFFERS[key] = (buf, weakref.ref(owner))
     return buf, owner
 
@@ -300,14 +303,15 @@ class _GridNLL(torch.autograd.Function):
         k = params[0].shape[0]
         flats = [w.detach().reshape(-1) for w in weights]
         ends = list(itertools.accumulate(f.numel() for f in flats))
-        grad_all, ctx.owner = _gradient_buffer(ends[-1], flats[0].dtype)  # one output for every tensor
-        if jit_available(flats[0].dtype):
+        dtype, device = flats[0].dtype, flats[0].device
+        grad_all, ctx.owner = _gradient_buffer(ends[-1], dtype, device)  # one output for every tensor
+        if _compiled(weights):
             sums = _compiled_sums(
                 CompiledGrid(x0, delta, cells, tuple(p.numpy() for p in params), tol), flats, grad_all, chunk
             )
         else:
-            grid = _Grid(x0, delta, cells, params, tol, flats[0].dtype)
-            _torch_pass(grid, flats, ends, grad_all, chunk, _workspace(chunk, flats[0].dtype))
+            grid = _Grid(x0, delta, cells, params, tol, dtype)
+            _torch_pass(grid, flats, ends, grad_all, chunk, _workspace(chunk, dtype, device))
             sums = grid.sums()
         grads = [
             grad_all[end - f.numel() : end].view_as(wt) if ctx.needs_input_grad[8 + i] else None
@@ -342,6 +346,12 @@ class _GridNLL(torch.autograd.Function):
         return (g_mu, g_lp, g_pi, None, None, None, None, None, *wgrads)
 
 
+def _compiled(weights: Sequence[torch.Tensor]) -> bool:
+    """Whether the compiled kernel takes these weights: CPU tensors only (it reads them through numpy);
+    on any other device the torch ops of :class:`_Grid` run there."""
+    return weights[0].device.type == "cpu" and jit_available(weights[0].dtype)
+
+
 def grid_spec(
     lo: float, hi: float, sigma_min: float, cells_per_sigma: float, dtype: torch.dtype
 ) -> tuple[float, float, int]:
@@ -357,8 +367,8 @@ def grid_spec(
     """
     delta = sigma_min / cells_per_sigma
     cells = math.ceil((hi - lo) / delta) + 3
-    x0 = float(torch.tensor(lo - delta, dtype=dtype))
-    return x0, 1.0 / float(torch.tensor(1.0 / delta, dtype=dtype)), cells
+    x0 = float(torch.tensor(lo - delta, dtype=dtype, device="cpu"))  # rounding a number: on the CPU
+    return x0, 1.0 / float(torch.tensor(1.0 / delta, dtype=dtype, device="cpu")), cells
 
 
 def mixture_nll_grid(
@@ -385,8 +395,7 @@ def mixture_nll_grid(
     True
     """
     if cells_per_sigma is None:
-        compiled = bool(weights) and jit_available(weights[0].dtype)
-        cells_per_sigma = CELLS_PER_SIGMA_COMPILED if compiled else CELLS_PER_SIGMA
+        cells_per_sigma = CELLS_PER_SIGMA_COMPILED if weights and _compiled(weights) else CELLS_PER_SIGMA
     if not (cells_per_sigma > 0 and tol > 0 and max_cells >= 4 and chunk_size >= 1):
         raise ValueError(
             "need cells_per_sigma > 0, tol > 0, max_cells >= 4, chunk_size >= 1; "
