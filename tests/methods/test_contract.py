@@ -22,7 +22,7 @@ ONE_EPOCH = {
     "sws": {"train": {"epochs": 1}},
     "dc": {"train": {"epochs": 1}, "dc": {"prune_rounds": 1, "prune_epochs": 1, "quant_epochs": 0}},
     "pwfn": {"train": {"epochs": 1}, "pwfn": {"schedule": [1.0], "first_epochs": 1}},
-    "admm": {"train": {"epochs": 1}},
+    "admm": {"train": {"epochs": 1}, "admm": {"finetune_epochs": 0}},
 }
 
 
