@@ -100,7 +100,10 @@ def test_ctrl_c_in_a_real_process_prints_one_line_and_exits_130(tmp_path):
     out = tmp_path / "pre"
     command = [sys.executable, "-m", "weightshare", "pretrain", "--preset", "digits", "--epochs", "500"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([*command, "--out", str(out), "--quiet"], env=env, stderr=subprocess.PIPE, text=True)
+    # As from a terminal, even when this test runs in a background job (which starts children with SIGINT
+    # ignored, and Python keeps it ignored): the child starts with Ctrl-C's default action.
+    proc = subprocess.Popen([*command, "--out", str(out), "--quiet"], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "last.safetensors").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
