@@ -209,14 +209,15 @@ def _spawn(spec: StudySpec, quotas: list[int], bar: _Progress) -> None:
     procs = [context.Process(target=work, args=(spec, k, q), name=f"tune-worker-{k}") for k, q in enumerate(quotas)]
     for proc in procs:
         proc.start()
+    study = load_study(spec)  # one storage connection; each poll reads the trials anew
     try:
         while any(p.is_alive() for p in procs):
             time.sleep(POLL_SECONDS)
-            bar.update(load_study(spec))
+            bar.update(study)
     finally:
         for proc in procs:
             proc.join()
-    bar.update(load_study(spec))
+    bar.update(study)
     failed = [p.name for p in procs if p.exitcode not in (0, None)]
     if failed:
         raise RunDirError(
@@ -237,8 +238,8 @@ def work(spec: StudySpec, worker: int, quota: int, on_trial: Any = None) -> None
     def stop_at_total(study: Any, trial: Any) -> None:  # other machines may share the study
         if on_trial is not None:
             on_trial(study)
-        running = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
-        if finished_trials(study) + running >= spec.settings.trials:
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        if sum(state in (*FINISHED, "RUNNING") for state in states) >= spec.settings.trials:
             study.stop()
 
     study.optimize(

@@ -59,7 +59,11 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    part = split if dist is None else Split(split.x[dist.shard(len(split))], split.y[dist.shard(len(split))])
+    if dist is None:
+        part = split
+    else:
+        mine = dist.shard(len(split))
+        part = Split(split.x[mine], split.y[mine])
     device = _device_of(model)
     wrong, loss_sum = 0.0, 0.0
     for x, y in batches(part, batch_size):
