@@ -7,7 +7,9 @@ and the gradient of a shared value is the sum of the gradients of the weights th
 
     dL/dC_k = sum over {(i, j) : I_ij = k} of dL/dW_ij,
 
-while the dense tensors (the biases) train as usual. Entry 0 of every codebook, the
+while the dense tensors (the biases) train as usual. Biases quantized by the stage before
+(``[finish] dense_param_bits``, finish/densequant.py) are quantized tensors like any other:
+their own codebooks train, their indices stay. Entry 0 of every codebook, the
 exact zero, gets no gradient, so pruned weights stay pruned and no index changes: the
 file's size does not grow (only the float values in it change).
 

@@ -11,7 +11,8 @@ __all__ = ["FinishConfig"]
 
 @dataclasses.dataclass
 class FinishConfig:
-    """QuantizedModel -> QuantizedModel stages, in this order: dead-weight removal, codebook fine-tuning.
+    """QuantizedModel -> QuantizedModel stages, in this order: dead-weight removal, quantization of the float
+    parameters left dense, codebook fine-tuning.
 
     >>> FinishConfig().codebook_epochs
     0
@@ -19,6 +20,13 @@ class FinishConfig:
 
     remove_dead: bool = setting(
         False, "remove weights that provably never change the output (lossless; finish/deadweights.py)"
+    )
+    dense_param_bits: int = setting(
+        0,
+        "bits per value of the float parameters left dense (biases, norms), quantized per tensor by k-means; "
+        "0 = keep them float (finish/densequant.py)",
+        ge=0,
+        le=16,
     )
     codebook_epochs: int = setting(
         0, "epochs that train the shared values and the dense tensors with every index fixed (0 = off)", ge=0

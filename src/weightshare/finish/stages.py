@@ -4,7 +4,13 @@ A method's ``finalize`` ends in the common result; what follows belongs to the p
 not to the method, and is driven by the ``[finish]`` section (:class:`FinishConfig`):
 
 1. dead-weight removal (lossless: the network computes exactly the same function);
-2. codebook fine-tuning with every index fixed (Han et al. 2016, Sec. 3.3).
+2. quantization of the float parameters left dense (biases, norms), each into a codebook of its own;
+3. codebook fine-tuning with every index fixed (Han et al. 2016, Sec. 3.3), which then trains
+   those codebooks too.
+
+When data is given, the model is evaluated before the lossy stages (``errors["snapped"]``: the
+method's hard assignment) and after the quantization of step 2 (``errors["dense_quantized"]``),
+so the cost of each is visible beside the decoded model's error.
 
 >>> import torch
 >>> from torch import nn
@@ -29,6 +35,7 @@ from weightshare.data.datasets import DataBundle
 from weightshare.finish.codebook_tuning import tune_codebooks
 from weightshare.finish.config import FinishConfig
 from weightshare.finish.deadweights import remove_dead_weights
+from weightshare.finish.densequant import quantize_dense_params
 from weightshare.train.config import TrainConfig
 from weightshare.train.loop import evaluate_model
 
@@ -41,12 +48,17 @@ class Finished:
 
     qmodel: QuantizedModel
     removed: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. "snapped": before fine-tuning
+    dense_quantized: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> values, levels, change
+    dense_param_bits: int = 0
+    errors: dict[str, dict[str, float]] = field(default_factory=dict)  # "snapped", "dense_quantized"
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics rows, fine-tuning epochs included
 
     def summary(self) -> dict[str, Any]:
         """The stages' entries of report.json's ``method_summary``."""
-        return {"dead_weights_removed": self.removed} if self.removed else {}
+        out: dict[str, Any] = {"dead_weights_removed": self.removed} if self.removed else {}
+        if self.dense_param_bits:
+            out["dense_params_quantized"] = {"bits": self.dense_param_bits, "tensors": self.dense_quantized}
+        return out
 
 
 def run_finishing(
@@ -64,8 +76,16 @@ def run_finishing(
     finished = Finished(qmodel)
     if config.remove_dead:
         finished.qmodel, finished.removed = remove_dead_weights(model, finished.qmodel, data.train.x[:1])
-    if config.codebook_epochs:
+    if data is not None and (config.dense_param_bits or config.codebook_epochs):
         finished.errors["snapped"] = evaluate_model(finished.qmodel.load_into(model), data)
+    if config.dense_param_bits:
+        finished.dense_param_bits = config.dense_param_bits
+        finished.qmodel, finished.dense_quantized = quantize_dense_params(
+            model, finished.qmodel, config.dense_param_bits
+        )
+        if data is not None:
+            finished.errors["dense_quantized"] = evaluate_model(finished.qmodel.load_into(model), data)
+    if config.codebook_epochs:
         # Short, so it keeps no checkpoint of its own: an interrupted run resumes from the retraining's.
         finished.qmodel, finished.rows = tune_codebooks(
             model, finished.qmodel, data, train, epochs=config.codebook_epochs, lr=config.codebook_lr,

@@ -121,11 +121,12 @@ class RunArtifacts(RunDir):
 
     @functools.cached_property
     def quantized(self) -> Any | None:
-        """The run's :class:`~weightshare.core.quantized.QuantizedModel`, or None before compression."""
+        """The run's :class:`~weightshare.core.quantized.QuantizedModel`, weights only (biases quantized after
+        the method back among the dense tensors: the figures show the covered weights), or None before compression."""
         from weightshare.core.quantized import load_quantized
 
         path = self.path_of(QUANTIZED)
-        return load_quantized(path) if path.is_file() else None
+        return load_quantized(path).weights_only() if path.is_file() else None
 
     def covered(self, state: dict[str, Any]) -> np.ndarray:
         """The covered weights of ``state`` concatenated in the quantized model's order."""

@@ -35,7 +35,10 @@ docs/methods.md#accounting-paper-style):
   ATDL2); ``True`` puts every codebook at model level.
 * **Dense tensors** (biases, norms, a skipped layer) cost ``dense_bits`` per value. The "weights"
   scope holds the quantized tensors, the codebooks, and dense tensors with ndim >= 2 (skipped
-  layers): weights only. The "all" scope adds everything else, chiefly the biases: weights + biases,
+  layers): weights only. Biases and norms quantized after the method (``[finish] dense_param_bits``,
+  ``QuantizedModel.is_weight``) are quantized tensors with their own codebooks, but not weights: they
+  are costed like any quantized tensor and counted in the "all" scope only, so "weights only" keeps
+  its meaning. The "all" scope adds everything else, chiefly the biases: weights + biases,
   the |W| of Ullrich et al. 2017 Table 1 and Han et al. 2016's baseline. CR = 32 x (values in scope)
   / (bits in scope); both scopes are reported, labelled.
 """
@@ -44,7 +47,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -192,6 +195,7 @@ class LayerBits:
     filler_bits_fixed: int
     filler_bits_huffman: int
     codebook_bits: int
+    is_weight: bool = True  # False: a bias or norm quantized after the method, in the "all" scope only
 
     @property
     def numel(self) -> int:
@@ -289,11 +293,12 @@ class PaperStyleReport:
     def num_values(self, scope: Scope = "all") -> int:
         """Values in scope: the baseline is 32 bits for each."""
         dense = sum(d.numel for d in self.dense if scope == "all" or d.is_weight)
-        return sum(layer.numel for layer in self.layers) + dense
+        return sum(layer.numel for layer in self.layers if scope == "all" or layer.is_weight) + dense
 
     def total_bits(self, coding: Coding = "huffman", scope: Scope = "all") -> float:
         dense = sum(d.bits for d in self.dense if scope == "all" or d.is_weight)
-        return sum(layer.total_bits(coding) for layer in self.layers) + self.shared_codebook_bits + dense
+        layers = sum(layer.total_bits(coding) for layer in self.layers if scope == "all" or layer.is_weight)
+        return layers + self.shared_codebook_bits + dense
 
     def cr(self, coding: Coding = "huffman", scope: Scope = "weights") -> float:
         """Compression rate 32 x values / bits (inf when nothing costs a bit)."""
@@ -368,13 +373,11 @@ def paper_style(
     """
     per_layer, model_level = _codebook_charges(qmodel, shared_codebook)
     layers = [
-        _layer_bits(
-            name,
-            qt.indices,
-            qmodel.codebooks[qt.codebook].numel(),
-            per_layer[name],
-            index_bits_fc,
-            index_bits_conv,
+        replace(
+            _layer_bits(
+                name, qt.indices, qmodel.codebooks[qt.codebook].numel(), per_layer[name], index_bits_fc, index_bits_conv
+            ),
+            is_weight=qmodel.is_weight(name),
         )
         for name, qt in qmodel.quantized.items()
     ]
@@ -419,22 +422,22 @@ def weight_sharing_rate(n: int, k: int, bits: int = 32) -> float:
 def values_only(qmodel: QuantizedModel) -> float:
     """Yang et al. (CVPR 2020) values-only CR: 32 x sum(n_l) / sum(log2(#distinct non-zero values_l) x nnz_l).
 
-    Positions, codebooks and dense tensors are free, so this is **not comparable** with
-    :func:`paper_style` or the file size (docs/methods.md#accounting-by-paper). Values are rounded to 1e-6
-    as in Yang's code.
+    Over the weights only (``QuantizedModel.weights_only``). Positions, codebooks and dense tensors are
+    free, so this is **not comparable** with :func:`paper_style` or the file size
+    (docs/methods.md#accounting-by-paper). Values are rounded to 1e-6 as in Yang's code.
 
     >>> from weightshare.core.quantized import QuantizedTensor
     >>> q = QuantizedModel([torch.tensor([0.0, 1.0, 2.0])], {"w": QuantizedTensor(torch.tensor([0, 1, 2, 0]))})
     >>> values_only(q)  # 4 weights x 32 bits / (2 non-zeros x 1 bit)
     64.0
     """
-    bits = 0.0
-    for name in qmodel.quantized:
+    bits, weights = 0.0, qmodel.weights_only()
+    for name in weights.quantized:
         values = qmodel.dequantize(name).to(torch.float64).reshape(-1)
         nonzero = values[values != 0]
         distinct = torch.unique(torch.round(nonzero, decimals=6)).numel()
         bits += math.log2(distinct) * nonzero.numel() if distinct else 0.0
-    return BASELINE_BITS * qmodel.num_quantized / bits if bits else math.inf
+    return BASELINE_BITS * weights.num_quantized / bits if bits else math.inf
 
 
 @dataclass(frozen=True)
@@ -447,16 +450,18 @@ class WeightEntropy:
 
 
 def weight_entropy_bits(qmodel: QuantizedModel) -> WeightEntropy:
-    """Shannon entropy of the distinct-value histogram over all quantized weights, and their number.
+    """Shannon entropy of the distinct-value histogram over all quantized weights (``QuantizedModel.weights_only``),
+    and their number.
 
     >>> from weightshare.core.quantized import QuantizedTensor
     >>> q = QuantizedModel([torch.tensor([0.0, 1.0])], {"w": QuantizedTensor(torch.tensor([0, 0, 1, 1]))})
     >>> weight_entropy_bits(q)
     WeightEntropy(bits_per_weight=1.0, total_bits=4.0, unique_values=2)
     """
-    if not qmodel.quantized:
+    weights = qmodel.weights_only()
+    if not weights.quantized:
         return WeightEntropy(0.0, 0.0, 0)
-    values = torch.cat([qmodel.dequantize(n).reshape(-1) for n in qmodel.quantized])
+    values = torch.cat([weights.dequantize(n).reshape(-1) for n in weights.quantized])
     _, counts = torch.unique(values, return_counts=True)
     total = entropy_bits(counts.numpy())
     return WeightEntropy(total / values.numel() if values.numel() else 0.0, total, int(counts.numel()))

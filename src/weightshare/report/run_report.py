@@ -11,6 +11,7 @@ weights only and for weights + biases (docs/methods.md#accounting-paper-style).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from weightshare.codec import InspectReport, decode, file_rates, inspect
 from weightshare.core.errors import DependencyError, FormatError, MismatchError, RunDirError
 from weightshare.core.io import write_json
-from weightshare.core.quantized import QuantizedModel, load_quantized
+from weightshare.core.quantized import DENSE_PARAMS_QUANTIZED, QuantizedModel, load_quantized
 from weightshare.export import dense_bytes, onnx_bytes, safetensors_bytes
 from weightshare.report.accounting import (
     PaperStyleReport,
@@ -100,7 +101,7 @@ def build_report(
             "Han et al. 2016: per-layer codebook 32 bit/entry, 5-bit relative index + filler zeros, Huffman",
         ),
         "values_only_cr": _values_only(qmodel),
-        "totals": _totals(qmodel),
+        "totals": _totals(qmodel.weights_only()),
         "coverage": _coverage(qmodel, coverage),
         "layers": _layers(qmodel, inspected, paper),
         "decoded_equals_quantized": _matches_checkpoint(run, qmodel),
@@ -114,6 +115,13 @@ def _coverage(qmodel: QuantizedModel, reasons: dict[str, str] | None) -> dict[st
     out["shared"] = dict(qmodel.aliases)
     if reasons is not None:
         out["why_dense"] = {name: reasons.get(name, "not an entry of the method's model") for name in qmodel.dense}
+    after = qmodel.meta.get(DENSE_PARAMS_QUANTIZED, {})
+    if after:
+        out["dense_params_quantized"] = {
+            name: f"left dense by the method ({(reasons or {}).get(name, 'not a covered weight')}), then quantized "
+            f"to {bits} bits per value by the finish stage ([finish] dense_param_bits); counted with the biases"
+            for name, bits in after.items()
+        }
     return out
 
 
@@ -164,10 +172,28 @@ def _values_only(qmodel: QuantizedModel) -> dict[str, Any]:
 
 
 def _file_section(inspected: InspectReport) -> dict[str, Any]:
-    """The file's size and rates, all read from its bytes."""
+    """The file's size and rates, all read from its bytes; the weights-only rate leaves out the parameters
+    quantized after the method (biases, norms), as every "weights only" figure does."""
     rates = file_rates(inspected)
+    weights = file_rates(_weights_view(inspected))
+    rates |= {"num_weights": weights["num_quantized"], "weights_bytes": weights["weights_bytes"],
+              "cr_weights": weights["cr_weights"]}  # fmt: skip
     sizes = {"path": COMPRESSED.path, "bytes": inspected.file_bytes, "dense_float32_bytes": 4 * rates["num_params"]}
     return sizes | rates | {"entropy_bound_bytes": inspected.entropy_bound_bytes}
+
+
+def _weights_view(inspected: InspectReport) -> InspectReport:
+    """The file as "weights only" sees it: the tensors its meta lists as quantized after the method (biases,
+    norms; core/quantized.py) among the dense ones, and their codebooks' share of the codebook bytes with them."""
+    after = inspected.meta.get(DENSE_PARAMS_QUANTIZED) or {}
+    if not after:
+        return inspected
+    rows = [replace(r, layout="raw") if r.name in after else r for r in inspected.rows]
+    used = {r.codebook for r in rows if r.layout != "raw"}
+    entries = [k - 1 for k in inspected.codebook_sizes]  # entry 0, the zero, is not stored
+    kept = sum(n for i, n in enumerate(entries) if i in used)
+    codebook_bytes = inspected.codebook_bytes * kept / max(sum(entries), 1)
+    return replace(inspected, rows=rows, codebook_bytes=codebook_bytes)
 
 
 def _rates(report: PaperStyleReport, accounting: str) -> dict[str, Any]:
@@ -202,6 +228,7 @@ def _layers(qmodel: QuantizedModel, inspected: InspectReport, paper: PaperStyleR
         row = rows[entry["name"]]
         out.append({
             **entry,
+            "weight": qmodel.is_weight(entry["name"]),
             "kept_fraction": entry["nnz"] / max(entry["numel"], 1),
             "layout": row.layout,
             "file_bytes": row.total_bytes + row.header_bytes,
