@@ -131,3 +131,26 @@ def test_checkpoint_keeps_dtypes_and_aliases(tmp_path) -> None:
     save_file(tensors, str(version1), metadata=meta | {"quantized": json.dumps([["w", 0]])})
     old = load_quantized(version1)
     assert old.quantized["w"].dtype == torch.float32 and old.to_state_dict()["w"].tolist() == [0.5, 0.0]
+
+
+def test_weights_only_moves_the_listed_tensors_back_to_dense_and_renumbers_the_codebooks(tmp_path):
+    from weightshare.core.quantized import NOT_WEIGHTS
+
+    codebooks = [torch.tensor([0.0, 0.5]), torch.tensor([0.0, -0.1, 0.1]), torch.tensor([0.0, 2.0])]
+    quantized = {
+        "a.weight": QuantizedTensor(torch.tensor([[1, 0]]), 0),
+        "a.bias": QuantizedTensor(torch.tensor([2, 1, 0]), 1, torch.bfloat16),
+        "b.weight": QuantizedTensor(torch.tensor([[0, 1]]), 2),
+    }
+    q = QuantizedModel(codebooks, quantized, {"b.bias": torch.ones(2)}, {"model": "m", NOT_WEIGHTS: ["a.bias"]})
+    save_quantized(q, tmp_path / "q.safetensors")
+    q = load_quantized(tmp_path / "q.safetensors")  # the list survives the checkpoint
+    only = q.weights_only()
+    assert [q.is_weight(n) for n in q.quantized] == [True, False, True]
+    assert list(only.quantized) == ["a.weight", "b.weight"] and only.meta == {"model": "m"}
+    assert [qt.codebook for qt in only.quantized.values()] == [0, 1] and len(only.codebooks) == 2
+    assert list(only.dense) == ["b.bias", "a.bias"] and only.dense["a.bias"].dtype == torch.bfloat16
+    full, weights = q.to_state_dict(), only.to_state_dict()
+    assert all(torch.equal(full[n], weights[n]) for n in full)
+    plain = QuantizedModel(codebooks[:1], {"w": QuantizedTensor(torch.tensor([1]))})
+    assert plain.weights_only() is plain

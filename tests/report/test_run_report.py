@@ -215,3 +215,59 @@ def test_each_export_format_is_sized_beside_the_file(tmp_path) -> None:
     pytest.importorskip("onnx")  # the extra weightshare[onnx], part of the dev extra
     assert report["formats"]["unavailable"] == {} and sizes["onnx"] == len(onnx_bytes(q, model, torch.zeros(1, 4)))
     assert f"ONNX (indices + codebooks) {sizes['onnx']:,} B" in line
+
+
+def _with_quantized_biases() -> tuple[QuantizedModel, QuantizedModel]:
+    """``_mixed_model`` and the same model with its two biases quantized after the method (own codebooks)."""
+    from torch import nn
+
+    from weightshare.finish.densequant import quantize_dense_params
+
+    q = _mixed_model()
+    net = nn.Module()  # the architecture of _mixed_model; the skipped head stays dense, as the method left it
+    net.conv, net.fc1, net.fc2 = nn.Conv2d(3, 6, 5), nn.Linear(150, 40), nn.Linear(40, 10, bias=False)
+    net.head = nn.Linear(10, 3, bias=False)
+    return q, quantize_dense_params(net, q, 2)[0]
+
+
+def test_biases_quantized_after_the_method_count_in_the_all_scope_only(tmp_path) -> None:
+    q, biased = _with_quantized_biases()
+    assert list(biased.dense) == ["head.weight"] and len(biased.codebooks) == 4
+    before = build_report(_run(tmp_path / "a", q), errors=ERRORS)
+    after = build_report(_run(tmp_path / "b", biased), errors=ERRORS)
+    for key in ("paper_style", "dc_estimate"):
+        b, a = before[key], after[key]
+        assert (a["num_weights"], a["num_params"]) == (b["num_weights"], b["num_params"])
+        assert a["totals"]["huffman"]["bits_weights"] == b["totals"]["huffman"]["bits_weights"]
+        assert a["cr_weights"] == b["cr_weights"]  # weights only: the very same figure
+        # 46 biases: 32 bits each before; after, CSR streams, code tables and two 3-entry codebooks
+        assert a["totals"]["huffman"]["bits_all"] < b["totals"]["huffman"]["bits_all"] - 16 * 46
+    paper = paper_style(biased)
+    assert [layer.is_weight for layer in paper.layers] == [True, True, True, False, False]
+    # The file: every byte still counts in cr_all; the weights-only rate moves only by the meta's few bytes.
+    assert after["file"]["bytes"] < before["file"]["bytes"]
+    assert after["file"]["num_weights"] == before["file"]["num_weights"] == q.num_quantized
+    meta_growth = len(json.dumps(biased.meta)) - len(json.dumps(q.meta))  # the names of the quantized biases
+    assert (
+        before["file"]["weights_bytes"]
+        <= after["file"]["weights_bytes"]
+        <= before["file"]["weights_bytes"] + meta_growth
+    )
+    assert after["file"]["num_quantized"] == q.num_quantized + 46  # the file's own count: every quantized value
+    # Totals, values-only and entropy are those of the weights, as before.
+    assert after["totals"] == before["totals"] and after["values_only_cr"] == before["values_only_cr"]
+    assert [row["weight"] for row in after["layers"]] == [True, True, True, False, False]
+
+
+def test_coverage_says_which_parameters_were_quantized_after_the_method(tmp_path) -> None:
+    _, biased = _with_quantized_biases()
+    reasons = {"conv.bias": "bias of a covered layer (include_biases is off)"}
+    coverage = build_report(_run(tmp_path, biased), errors=ERRORS, coverage=reasons)["coverage"]
+    assert coverage["dense"] == ["head.weight"] and coverage["quantized"][-2:] == ["conv.bias", "fc1.bias"]
+    assert coverage["dense_params_quantized"] == {
+        "conv.bias": "left dense by the method (bias of a covered layer (include_biases is off)), then quantized "
+        "into a codebook of its own of 4 values by the finish stage ([finish] dense_param_bits); counted with the "
+        "biases",
+        "fc1.bias": "left dense by the method (not a covered weight), then quantized into a codebook of its own "
+        "of 4 values by the finish stage ([finish] dense_param_bits); counted with the biases",
+    }

@@ -18,7 +18,7 @@ Layout:
   names (an embedding tied to the output layer): stored once, shared again by
   :meth:`QuantizedModel.load_into`.
 
-A quantized tensor is a *weight* unless ``meta[DENSE_PARAMS_QUANTIZED]`` names it: the float
+A quantized tensor is a *weight* unless ``meta[NOT_WEIGHTS]`` lists it: the float
 parameters a finishing stage quantized after the method (biases, norms; finish/densequant.py)
 are stored like weights but counted with the biases by every "weights only" figure
 (docs/methods.md#accounting-paper-style).
@@ -41,10 +41,10 @@ from torch import nn
 from weightshare.core.errors import FormatError
 from weightshare.core.io import atomic_write_bytes
 
-__all__ = ["DENSE_PARAMS_QUANTIZED", "QuantizedModel", "QuantizedTensor", "load_quantized", "save_quantized"]
+__all__ = ["NOT_WEIGHTS", "QuantizedModel", "QuantizedTensor", "load_quantized", "save_quantized"]
 
-DENSE_PARAMS_QUANTIZED = "dense_params_quantized"
-"""``meta`` key: ``{name: bits}`` of the quantized tensors that are not weights (see the module docstring)."""
+NOT_WEIGHTS = "not_weights"
+"""``meta`` key: the names of the quantized tensors that are not weights (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ class QuantizedModel:
 
     def is_weight(self, name: str) -> bool:
         """Whether quantized tensor ``name`` counts as a weight (not a bias or norm quantized after the method)."""
-        return name not in self.meta.get(DENSE_PARAMS_QUANTIZED, {})
+        return name not in self.meta.get(NOT_WEIGHTS, ())
 
     def weights_only(self) -> QuantizedModel:
         """The model as the method left it, for "weights only" figures: the quantized tensors that are not
@@ -213,7 +213,7 @@ class QuantizedModel:
 
         >>> q = QuantizedModel([torch.tensor([0.0, 0.5]), torch.tensor([0.0, 0.1])],
         ...                    {"w": QuantizedTensor(torch.tensor([1, 0])), "b": QuantizedTensor(torch.tensor([1]), 1)},
-        ...                    meta={DENSE_PARAMS_QUANTIZED: {"b": 4}})
+        ...                    meta={NOT_WEIGHTS: ["b"]})
         >>> only = q.weights_only()
         >>> list(only.quantized), only.dense["b"], len(only.codebooks)
         (['w'], tensor([0.1000]), 1)
@@ -226,7 +226,7 @@ class QuantizedModel:
         quantized = {n: replace(qt, codebook=renumber[qt.codebook]) for n, qt in weights.items()}
         state = self.to_state_dict()
         dense = self.dense | {n: state[n] for n in self.quantized if n not in weights}
-        meta = {k: v for k, v in self.meta.items() if k != DENSE_PARAMS_QUANTIZED}
+        meta = {k: v for k, v in self.meta.items() if k != NOT_WEIGHTS}
         return QuantizedModel.from_trusted([self.codebooks[i] for i in used], quantized, dense, meta, self.aliases)
 
     # --- statistics (always counted from the indices themselves) --------

@@ -15,11 +15,14 @@ over [min, max]: it is deterministic (no seed to record) and keeps the rare larg
 represented, which Han et al. (Sec. 3.2, Fig. 4) found to matter most; a unit's large bias is
 its threshold. Buffers (BatchNorm's running statistics), integer tensors, non-finite tensors
 and tensors with fewer values than the codebook would have (they would not shrink) stay as
-they are. A tensor the model reaches under several names is stored, and quantized, once.
+they are; so do the weights of Linear, Conv, Embedding and attention layers that the method
+left dense (``skip_last``, ``exclude``, a pattern): weights are the coverage rule's business,
+and a layer is kept at full precision on purpose. A tensor the model reaches under several
+names is stored, and quantized, once.
 
 The tensors keep their names, so the codebook fine-tuning that follows
 (finish/codebook_tuning.py) trains their codebooks with the indices fixed, like any other;
-``meta[DENSE_PARAMS_QUANTIZED]`` records them, so that every "weights only" figure still
+``meta[NOT_WEIGHTS]`` lists them, so that every "weights only" figure still
 counts them with the biases (core/quantized.py).
 """
 
@@ -29,15 +32,27 @@ import torch
 from torch import nn
 
 from weightshare.core.codebook import compact_codebook
+from weightshare.core.coverage import DEFAULT_TYPES
 from weightshare.core.kmeans import kmeans1d
-from weightshare.core.quantized import DENSE_PARAMS_QUANTIZED, QuantizedModel, QuantizedTensor
+from weightshare.core.quantized import NOT_WEIGHTS, QuantizedModel, QuantizedTensor
 
 __all__ = ["quantize_dense_params"]
 
 
+def _layer_weights(model: nn.Module) -> set[str]:
+    """The weight matrices of the layer types a coverage rule covers by default (core/coverage.py)."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules(remove_duplicate=False)
+        if isinstance(module, DEFAULT_TYPES)
+        for name, p in module.named_parameters(recurse=False)
+        if p.dim() >= 2
+    }
+
+
 def _candidates(model: nn.Module, qmodel: QuantizedModel, bits: int) -> list[str]:
     """The dense entries of ``qmodel`` this stage quantizes, in their order."""
-    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)} - _layer_weights(model)
     return [
         name
         for name, t in qmodel.dense.items()
@@ -74,7 +89,7 @@ def quantize_dense_params(
     >>> [round(v, 3) for v in out.codebooks[1].tolist()]
     [0.0, -0.305, 0.51, 0.9]
     >>> out.quantized["bias"].indices.tolist(), done["bias"]["levels"], out.meta
-    ([0, 0, 0, 2, 2, 1, 1, 3], 4, {'dense_params_quantized': {'bias': 2}})
+    ([0, 0, 0, 2, 2, 1, 1, 3], 4, {'not_weights': ['bias']})
     """
     if not 1 <= bits <= 16:
         raise ValueError(f"dense_param_bits must lie in [1, 16], got {bits}")
@@ -90,5 +105,5 @@ def quantize_dense_params(
     if not done:
         return qmodel, done
     meta = dict(qmodel.meta)
-    meta[DENSE_PARAMS_QUANTIZED] = {**meta.get(DENSE_PARAMS_QUANTIZED, {}), **dict.fromkeys(done, bits)}
+    meta[NOT_WEIGHTS] = [*meta.get(NOT_WEIGHTS, []), *done]  # a name per tensor: they are bytes of the file
     return QuantizedModel(codebooks, quantized, dense, meta, qmodel.aliases), done

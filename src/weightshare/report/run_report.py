@@ -20,7 +20,7 @@ from torch import nn
 from weightshare.codec import InspectReport, decode, file_rates, inspect
 from weightshare.core.errors import DependencyError, FormatError, MismatchError, RunDirError
 from weightshare.core.io import write_json
-from weightshare.core.quantized import DENSE_PARAMS_QUANTIZED, QuantizedModel, load_quantized
+from weightshare.core.quantized import NOT_WEIGHTS, QuantizedModel, load_quantized
 from weightshare.export import dense_bytes, onnx_bytes, safetensors_bytes
 from weightshare.report.accounting import (
     PaperStyleReport,
@@ -115,12 +115,14 @@ def _coverage(qmodel: QuantizedModel, reasons: dict[str, str] | None) -> dict[st
     out["shared"] = dict(qmodel.aliases)
     if reasons is not None:
         out["why_dense"] = {name: reasons.get(name, "not an entry of the method's model") for name in qmodel.dense}
-    after = qmodel.meta.get(DENSE_PARAMS_QUANTIZED, {})
+    after = [name for name in qmodel.quantized if not qmodel.is_weight(name)]
     if after:
+        why = reasons or {}
         out["dense_params_quantized"] = {
-            name: f"left dense by the method ({(reasons or {}).get(name, 'not a covered weight')}), then quantized "
-            f"to {bits} bits per value by the finish stage ([finish] dense_param_bits); counted with the biases"
-            for name, bits in after.items()
+            name: f"left dense by the method ({why.get(name, 'not a covered weight')}), then quantized into a "
+            f"codebook of its own of {qmodel.codebooks[qmodel.quantized[name].codebook].numel()} values by the "
+            "finish stage ([finish] dense_param_bits); counted with the biases"
+            for name in after
         }
     return out
 
@@ -185,7 +187,7 @@ def _file_section(inspected: InspectReport) -> dict[str, Any]:
 def _weights_view(inspected: InspectReport) -> InspectReport:
     """The file as "weights only" sees it: the tensors its meta lists as quantized after the method (biases,
     norms; core/quantized.py) among the dense ones, and their codebooks' share of the codebook bytes with them."""
-    after = inspected.meta.get(DENSE_PARAMS_QUANTIZED) or {}
+    after = set(inspected.meta.get(NOT_WEIGHTS) or ())
     if not after:
         return inspected
     rows = [replace(r, layout="raw") if r.name in after else r for r in inspected.rows]

@@ -1,0 +1,34 @@
+"""The finishing stages in order, as ``weightshare compress`` runs them: what each did is in report.json."""
+
+import json
+
+import torch
+
+from weightshare.cli import main
+from weightshare.core.quantized import load_quantized
+
+
+def test_compress_quantizes_the_biases_then_tunes_their_codebooks(pretrained, compressed, sws_quick, tmp_path):
+    plain_dir, _ = compressed  # the same run without [finish] dense_param_bits and codebook_epochs
+    out = tmp_path / "biases"
+    flags = ["--dense-param-bits", "4", "--codebook-epochs", "1", "--quiet"]
+    assert main(["compress", "sws", "--from", str(pretrained), "--out", str(out), *sws_quick, *flags]) == 0
+    report = json.loads((out / "report.json").read_text())
+    plain = json.loads((plain_dir / "report.json").read_text())
+    q, q_plain = load_quantized(out / "quantized.safetensors"), load_quantized(plain_dir / "quantized.safetensors")
+    weights = [n for n in q.quantized if q.is_weight(n)]
+    assert weights == list(q_plain.quantized)  # the same retraining, so the same hard assignment
+    assert all(torch.equal(q.quantized[n].indices, q_plain.quantized[n].indices) for n in weights)
+    summary = report["method_summary"]["dense_params_quantized"]
+    biases = [n for n, t in q_plain.dense.items() if t.numel() >= 16]  # not the 10 output biases: 16 levels
+    assert summary["bits"] == 4 and list(summary["tensors"]) == q.meta["not_weights"] == biases
+    assert len(biases) == 2 and [t.numel() for t in q.dense.values()] == [10]
+    assert set(report["errors"]) >= {"snapped", "dense_quantized", "decoded"}
+    assert report["errors"]["snapped"]["test_error"] == plain["errors"]["decoded"]["test_error"]
+    assert abs(report["errors"]["dense_quantized"]["test_error"] - plain["errors"]["decoded"]["test_error"]) < 2
+    assert report["file"]["bytes"] < plain["file"]["bytes"] - 300  # the 192 quantized biases were 768 bytes
+    assert report["totals"] == plain["totals"]  # weights only, the same weights
+    assert list(report["coverage"]["dense_params_quantized"]) == biases
+    assert report["decoded_equals_quantized"] is True
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert sum(row.startswith("codebook,") for row in rows) == 1  # one epoch of codebook fine-tuning was recorded
