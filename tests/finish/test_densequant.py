@@ -83,8 +83,17 @@ def test_buffers_integer_tensors_and_small_tensors_stay_as_they_are():
     assert sorted(out.dense) == ["1.num_batches_tracked", "1.running_mean", "1.running_var", "3.bias"]
     for name in out.dense:  # buffers, the int64 counter and the 3-value bias: bit for bit
         assert torch.equal(out.dense[name], q.dense[name]) and out.dense[name].dtype == q.dense[name].dtype
-    assert quantize_dense_params(net, q, 6)[1].keys() == set()  # 64 levels: no tensor has 64 values
+    assert quantize_dense_params(net, q, 6)[1].keys() == set()  # 63 float32 values of codebook: nothing shrinks
     assert quantize_dense_params(net, q, 6)[0] is q
+
+
+@pytest.mark.parametrize(("bits", "smallest"), [(2, 4), (4, 18), (6, 78)])
+def test_a_tensor_is_quantized_only_if_a_full_codebook_and_bits_per_value_are_smaller(bits, smallest):
+    # 4 bits: 15 x 4 + n / 2 bytes < 4 n for n >= 18; 6 bits: 63 x 4 + 6 n / 8 < 4 n for n >= 78
+    for n, quantized in ((smallest - 1, False), (smallest, True)):
+        net = nn.Linear(4, n)
+        q = _quantized(net)
+        assert ("bias" in quantize_dense_params(net, q, bits)[1]) is quantized, n
 
 
 def test_a_tensor_reached_under_two_names_is_quantized_once():
@@ -108,7 +117,7 @@ def test_a_tensor_reached_under_two_names_is_quantized_once():
 
 
 def test_round_trip_through_the_codec_is_bit_exact():
-    net = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.Linear(32, 20))
+    net = nn.Sequential(nn.Linear(8, 64), nn.LayerNorm(64), nn.Linear(64, 20))
     q = _quantized(net)
     q.dense["1.weight"] = q.dense["1.weight"].to(torch.bfloat16)  # a parameter of its own dtype
     out, _ = quantize_dense_params(net, q, 4)

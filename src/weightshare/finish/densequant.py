@@ -14,11 +14,12 @@ exact zeros stay exact. The centroids start from the *linear* initialisation, eq
 over [min, max]: it is deterministic (no seed to record) and keeps the rare large values
 represented, which Han et al. (Sec. 3.2, Fig. 4) found to matter most; a unit's large bias is
 its threshold. Buffers (BatchNorm's running statistics), integer tensors, non-finite tensors
-and tensors with fewer values than the codebook would have (they would not shrink) stay as
-they are; so do the weights of Linear, Conv, Embedding and attention layers that the method
-left dense (``skip_last``, ``exclude``, a pattern): weights are the coverage rule's business,
-and a layer is kept at full precision on purpose. A tensor the model reaches under several
-names is stored, and quantized, once.
+and tensors that would not shrink (a full codebook plus ``bits`` a value is not smaller than
+the values: at 4 bits, fewer than 18 float32 values; at 6 bits, fewer than 78) stay as they
+are; so do the weights of Linear, Conv, Embedding and attention layers that the method left
+dense (``skip_last``, ``exclude``, a pattern): weights are the coverage rule's business, and
+a layer is kept at full precision on purpose. A tensor the model reaches under several names
+is stored, and quantized, once.
 
 The tensors keep their names, so the codebook fine-tuning that follows
 (finish/codebook_tuning.py) trains their codebooks with the indices fixed, like any other;
@@ -56,8 +57,14 @@ def _candidates(model: nn.Module, qmodel: QuantizedModel, bits: int) -> list[str
     return [
         name
         for name, t in qmodel.dense.items()
-        if name in params and t.is_floating_point() and t.numel() >= 2**bits and bool(torch.isfinite(t).all())
+        if name in params and t.is_floating_point() and _shrinks(t, bits) and bool(torch.isfinite(t).all())
     ]
+
+
+def _shrinks(values: torch.Tensor, bits: int) -> bool:
+    """Whether a full codebook (2**bits - 1 float32 values) and ``bits`` a value take fewer bytes than the values:
+    the entropy coder spends about ``bits`` a value at most, so a tensor that fails this would not shrink."""
+    return 4 * (2**bits - 1) + values.numel() * bits / 8 < values.numel() * values.element_size()
 
 
 def _quantize(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
