@@ -25,6 +25,7 @@ from weightshare.export import export_dense, export_onnx, export_safetensors, lo
 from weightshare.finish.codebook_tuning import tune_codebooks
 from weightshare.finish.config import FinishConfig
 from weightshare.finish.deadweights import remove_dead_weights
+from weightshare.finish.densequant import quantize_dense_params
 from weightshare.finish.stages import run_finishing
 from weightshare.methods import (
     ADMM,
@@ -109,6 +110,7 @@ __all__ = [
     "load_safetensors_layout",
     "paper_style",
     "pretrain",
+    "quantize_dense_params",
     "remove_dead_weights",
     "save_compressed",
     "save_quantized",
