@@ -8,11 +8,12 @@ from weightshare.cli import main
 from weightshare.core.quantized import load_quantized
 
 
-def test_compress_quantizes_the_biases_then_tunes_their_codebooks(pretrained, compressed, sws_quick, tmp_path):
+def test_compress_quantizes_the_biases_then_tunes_their_codebooks(pretrained, compressed, sws_quick, tmp_path, capsys):
     plain_dir, _ = compressed  # the same run without [finish] dense_param_bits and codebook_epochs
     out = tmp_path / "biases"
     flags = ["--dense-param-bits", "4", "--codebook-epochs", "1", "--quiet"]
     assert main(["compress", "sws", "--from", str(pretrained), "--out", str(out), *sws_quick, *flags]) == 0
+    printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     plain = json.loads((plain_dir / "report.json").read_text())
     q, q_plain = load_quantized(out / "quantized.safetensors"), load_quantized(plain_dir / "quantized.safetensors")
@@ -30,5 +31,12 @@ def test_compress_quantizes_the_biases_then_tunes_their_codebooks(pretrained, co
     assert report["totals"] == plain["totals"]  # weights only, the same weights
     assert list(report["coverage"]["dense_params_quantized"]) == biases
     assert report["decoded_equals_quantized"] is True
+    errors = report["errors"]
+    quantized_line = (
+        f"({sum(t['values'] for t in summary['tensors'].values())} biases and norms in 2 tensors quantized to 4 bits "
+        f"after the method: test error {errors['snapped']['test_error']:.2f}% -> "
+        f"{errors['dense_quantized']['test_error']:.2f}%)"
+    )
+    assert quantized_line in printed.splitlines()
     rows = (out / "metrics.csv").read_text().splitlines()
     assert sum(row.startswith("codebook,") for row in rows) == 1  # one epoch of codebook fine-tuning was recorded
