@@ -326,6 +326,39 @@ def test_version1_files_still_decode(float16: bool) -> None:
     assert encode(decoded, float16=float16)[4] == 2  # written again: the current version
 
 
+def version2_model() -> QuantizedModel:
+    """What tests/codec/version2*.wsz hold: written once by the version-2 encoder, kept as they are."""
+    g = torch.Generator().manual_seed(21)
+    sparse = torch.zeros(30, 200, dtype=torch.int64)
+    sparse[::3, ::37] = torch.randint(1, 9, (10, 6), generator=g)
+    sparse[29, 199] = 3
+    dense = torch.randint(0, 5, (8, 3, 5), generator=g)
+    codebooks = [torch.tensor([0.0, 0.125, -0.125, 0.25, -0.25]), torch.linspace(0, 1, 9)]
+    quantized = {"fc1.weight": QuantizedTensor(sparse, 1), "conv.weight": QuantizedTensor(dense, 0, torch.bfloat16)}
+    dense_tensors = {"fc1.bias": torch.randn(30, generator=g), "bn.running_var": torch.rand(4, generator=g),
+                     "bn.num_batches_tracked": torch.tensor(7), "half": torch.randn(5, generator=g).half()}  # fmt: skip
+    return QuantizedModel(codebooks, quantized, dense_tensors, {"method": "dc", "model": "toy"},
+                          aliases={"head.weight": "fc1.weight"})  # fmt: skip
+
+
+@pytest.mark.parametrize("float16", [False, True])
+def test_version2_files_still_decode(float16: bool) -> None:
+    data = (Path(__file__).parent / f"version2{'-float16' if float16 else ''}.wsz").read_bytes()
+    assert data[4] == 2 and len(data) == (359 if float16 else 451)
+    decoded = decode(data)
+    expected = version2_model()
+    floats = {n: t for n, t in expected.dense.items() if t.dtype == torch.float32}
+    assert_same(QuantizedModel(expected.codebooks, expected.quantized, floats, expected.meta),
+                QuantizedModel(decoded.codebooks, decoded.quantized, {n: decoded.dense[n] for n in floats},
+                               decoded.meta), float16=float16)  # fmt: skip
+    for name in ("bn.num_batches_tracked", "half"):  # other dtypes: every bit, whatever the flag
+        assert torch.equal(decoded.dense[name].view(torch.uint8), expected.dense[name].view(torch.uint8))
+    assert decoded.aliases == {"head.weight": "fc1.weight"}
+    assert decoded.quantized["conv.weight"].dtype == torch.bfloat16
+    assert decoded.dense["bn.num_batches_tracked"].dtype == torch.int64
+    assert inspect(data).version == 2 and inspect(data).file_bytes == len(data)
+
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
           torch.int8, torch.uint8, torch.bool]  # fmt: skip
 
