@@ -137,7 +137,7 @@ def test_sparse_layout_wins_on_structured_sparsity() -> None:
     idx[:, ::97] = torch.randint(1, 17, (500, 9), generator=torch.Generator().manual_seed(0))
     q = QuantizedModel([torch.linspace(0, 1, 17)], {"w": QuantizedTensor(idx)})
     row = inspect(encode(q)).rows[0]
-    assert row.layout == "sparse"
+    assert row.layout == "structured"  # 9 occupied columns, every cell of them non-zero: no gap information
     assert row.total_bytes < 0.5 * row.index_entropy_bytes  # positions are regular, indices are not
     dense_idx = torch.randint(0, 17, (300, 300), generator=torch.Generator().manual_seed(1))
     q2 = QuantizedModel([torch.linspace(0, 1, 17)], {"w": QuantizedTensor(dense_idx)})
@@ -201,8 +201,8 @@ def test_refuses_truncated_foreign_newer_and_corrupted_files() -> None:
             decode(data[:n])
     with pytest.raises(FormatError, match="not a .wsz"):
         decode(b"PK\x03\x04" + data[4:])
-    with pytest.raises(FormatError, match="newer format version 3"):
-        decode(data[:4] + b"\x03" + data[5:])
+    with pytest.raises(FormatError, match="newer format version 4"):
+        decode(data[:4] + b"\x04" + data[5:])
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
     with pytest.raises(FormatError, match="checksum"):
@@ -323,7 +323,7 @@ def test_version1_files_still_decode(float16: bool) -> None:
     assert all(qt.dtype == torch.float32 for qt in decoded.quantized.values()) and decoded.aliases == {}
     report = inspect(data)
     assert report.version == 1 and report.file_bytes == len(data)
-    assert encode(decoded, float16=float16)[4] == 2  # written again: the current version
+    assert encode(decoded, float16=float16)[4] == 3  # written again: the current version
 
 
 def version2_model() -> QuantizedModel:
@@ -396,7 +396,11 @@ def test_dense_tensors_of_every_dtype_come_back_bit_for_bit(float16: bool) -> No
     }
     assert back.to_state_dict()["q.bfloat16"].dtype == torch.bfloat16
     rows = {r.name: r for r in inspect(encode(q)).rows}
-    assert rows["t.int64"].stream_bytes == 15 * 8 and rows["t.bool"].stream_bytes == 15
+    # Stored in their own width (int16: 15 x 2 B), or byte planes where coding them is smaller (version 3):
+    # int64's six high bytes hold three patterns, bool's one plane two values.
+    assert rows["t.int16"].layout == "raw" and rows["t.int16"].stream_bytes == 15 * 2
+    assert (rows["t.int64"].layout, rows["t.int64"].stream_bytes + rows["t.int64"].table_bytes) == ("planes", 82)
+    assert (rows["t.bool"].layout, rows["t.bool"].stream_bytes + rows["t.bool"].table_bytes) == ("planes", 8)
     assert rows["t.bfloat16"].dtype == "bfloat16" and rows["q.float16"].dtype == "float16"
     assert inspect(encode(q)).num_params == 4 * 15 + 2 * 16  # integer and bool tensors are not parameters
 

@@ -1,0 +1,135 @@
+"""The layouts of a quantized tensor's indices: dense, sparse (gaps) and structured (occupancy + gaps).
+
+The encoder codes every layout that applies and keeps the smallest, counting
+its stream, raw bits, tables and its own header bytes; the earlier layout wins
+a tie (dense, sparse, structured row-major, structured column-major), so the
+same tensor always gives the same bytes (docs/format.md, "Choice of layout").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from weightshare.codec.ans import GapCode, ans_decode, ans_encode, choose_gap_code, table_size
+from weightshare.codec.bitstream import pack_bits, unpack_bits
+from weightshare.codec.container import DENSE, MAX_ELEMENTS, SPARSE, STRUCTURED, QuantEntry
+from weightshare.codec.structure import (
+    COLUMN_MAJOR,
+    ROW_MAJOR,
+    decode_occupancy,
+    scatter_positions,
+    structured_positions,
+)
+from weightshare.core.errors import FormatError
+
+__all__ = ["decode_indices", "encode_indices"]
+
+Candidate = tuple[QuantEntry, list[bytes], int]  # entry, body parts, cost in bytes
+
+
+def _dense_code(entry: QuantEntry, idx: np.ndarray) -> Candidate:
+    counts = np.bincount(idx, minlength=1) if idx.size else np.zeros(0, dtype=np.int64)
+    stream = ans_encode([(idx, counts)])
+    entry.layout, entry.tables, entry.stream_bytes = DENSE, [counts], len(stream)
+    return entry, [stream], len(stream) + table_size(counts)
+
+
+def _gap_symbols(positions: np.ndarray) -> tuple[GapCode, np.ndarray, np.ndarray, np.ndarray]:
+    """The zeros before each of increasing positions, as (gap code, symbols, raw bit counts, raw values)."""
+    gaps = np.diff(positions, prepend=-1) - 1
+    code, _ = choose_gap_code(gaps)
+    return code, *code.symbols(gaps)
+
+
+def _sparse_code(entry: QuantEntry, idx: np.ndarray) -> Candidate:
+    nz = np.flatnonzero(idx)
+    code, sym, nbits, raw = _gap_symbols(nz)
+    values = idx[nz] - 1  # index 0 never occurs among the non-zeros
+    gap_counts, idx_counts = np.bincount(sym), np.bincount(values)
+    stream, raw_bytes = ans_encode([(sym, gap_counts), (values, idx_counts)]), pack_bits(raw, nbits)
+    entry.layout, entry.tables, entry.stream_bytes, entry.gap = SPARSE, [gap_counts, idx_counts], len(stream), code
+    cost = len(stream) + len(raw_bytes) + table_size(gap_counts) + table_size(idx_counts)
+    return entry, [stream, raw_bytes], cost
+
+
+def _structured_code(entry: QuantEntry, idx: np.ndarray, order: int) -> Candidate:
+    """Row and column occupancy, then the gaps inside the occupied submatrix in ``order``, then the values."""
+    structure, occupancy, sub_pos, flat = structured_positions(idx, entry.shape, order)
+    code, sym, nbits, raw = _gap_symbols(sub_pos)
+    values = idx[flat] - 1
+    parts = [(s, o.table) for o, (s, _, _) in zip(structure.occupancy, occupancy, strict=True) if s is not None]
+    parts += [(sym, np.bincount(sym)), (values, np.bincount(values))]
+    stream = ans_encode(parts)
+    raw_bytes = pack_bits(np.concatenate([r for _, r, _ in occupancy] + [raw]),
+                          np.concatenate([n for _, _, n in occupancy] + [nbits]))  # fmt: skip
+    entry.layout, entry.tables, entry.stream_bytes = STRUCTURED, [t for _, t in parts], len(stream)
+    entry.gap, entry.structure = code, structure
+    runs = sum(o.gap is not None for o in structure.occupancy)
+    cost = len(stream) + len(raw_bytes) + sum(table_size(t) for t in entry.tables) + 1 + runs  # + its header bytes
+    return entry, [stream, raw_bytes], cost
+
+
+def encode_indices(entry: QuantEntry, idx: np.ndarray) -> tuple[QuantEntry, list[bytes]]:
+    """Every layout of the flat indices ``idx``, the smallest kept; ``entry`` gives name, shape, codebook, dtype.
+
+    >>> from weightshare.codec.container import LAYOUT_NAMES
+    >>> idx = np.zeros((40, 60), dtype=np.int64); idx[::4, 10:50:3] = 1 + np.arange(140).reshape(10, 14) % 3
+    >>> e, _ = encode_indices(QuantEntry("w", (40, 60), 0, DENSE, [], 0), idx.reshape(-1))
+    >>> LAYOUT_NAMES[e.layout], e.nnz
+    ('structured', 140)
+    """
+    if entry.numel > MAX_ELEMENTS:
+        raise ValueError(f"{entry.name}: {entry.numel} elements, the format's limit is {MAX_ELEMENTS}")
+
+    def fresh() -> QuantEntry:
+        return QuantEntry(entry.name, entry.shape, entry.codebook, DENSE, [], 0, dtype=entry.dtype)
+
+    best = _dense_code(fresh(), idx)
+    if idx.size:
+        candidates = [_sparse_code(fresh(), idx)]
+        candidates += [_structured_code(fresh(), idx, order) for order in (ROW_MAJOR, COLUMN_MAJOR)]
+        for candidate in candidates:
+            if candidate[2] < best[2]:
+                best = candidate
+    return best[0], best[1]
+
+
+# --- decoding -------------------------------------------------------------
+def decode_indices(e: QuantEntry, stream: bytes, raw: bytes) -> np.ndarray:
+    """The flat index array of one tensor from its stream and raw bits; every defect is a :class:`FormatError`."""
+    if e.layout == DENSE:
+        return ans_decode(stream, e.tables)[0]
+    parts = ans_decode(stream, e.tables)
+    if e.layout == SPARSE:
+        positions = _positions(e, parts[0], raw)
+    else:
+        positions = _structured_positions(e, parts, raw)
+    out = np.zeros(e.numel, dtype=np.int64)
+    out[positions] = parts[-1] + 1
+    return out
+
+
+def _positions(e: QuantEntry, sym: np.ndarray, raw: bytes) -> np.ndarray:
+    assert e.gap is not None
+    gaps = e.gap.gaps(sym, lambda nbits: unpack_bits(raw, nbits))
+    positions = np.cumsum(gaps + 1) - 1
+    if positions.size and positions[-1] >= e.numel:
+        raise FormatError(f"{e.name}: non-zero position {int(positions[-1])} beyond {e.numel} elements")
+    return positions
+
+
+def _structured_positions(e: QuantEntry, parts: list[np.ndarray], raw: bytes) -> np.ndarray:
+    """Occupancy of rows and columns, then the gaps inside the occupied submatrix (one raw block for all)."""
+    assert e.structure is not None and e.gap is not None
+    coded = iter(parts[:-2])
+    symbols = [next(coded) if o.table is not None else None for o in e.structure.occupancy]
+    gap_sym = parts[-2]
+    gap_nbits = e.gap.extra_bits(int(gap_sym.max()) + 1 if gap_sym.size else 0)[gap_sym]
+    nbits = [o.raw_nbits(s) for o, s in zip(e.structure.occupancy, symbols, strict=True)] + [gap_nbits]
+    values = np.split(unpack_bits(raw, np.concatenate(nbits)), np.cumsum([n.size for n in nbits[:-1]]))
+    rows, cols = (
+        decode_occupancy(o, s, v, e.name) for o, s, v in zip(e.structure.occupancy, symbols, values[:2], strict=True)
+    )
+    gaps = e.gap.gaps(gap_sym, lambda _: values[-1])
+    sub_pos = np.cumsum(gaps + 1) - 1
+    return scatter_positions(sub_pos, rows, cols, e.shape, e.structure.order, e.name)
