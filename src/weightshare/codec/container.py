@@ -322,7 +322,9 @@ def _read_shape(r: Reader, name: str) -> tuple[int, ...]:
     return shape
 
 
-def _read_layout(r: Reader, name: str, shape: tuple[int, ...], version: int) -> tuple[int, GapCode | None, Structure | None]:
+def _read_layout(
+    r: Reader, name: str, shape: tuple[int, ...], version: int
+) -> tuple[int, GapCode | None, Structure | None]:
     """The layout byte (and, structured, its structure fields): dense, sparse or (version 3) structured."""
     byte = r.u8()
     layout = byte & 3

@@ -157,7 +157,9 @@ def _information(e: QuantEntry) -> tuple[float, float]:
         counts = e.tables[0]
         mask = np.array([counts[0] if counts.size else 0, e.nnz])
         return entropy_bits(mask), entropy_bits(counts) - entropy_bits(mask)
-    coded_occupancy = sum(entropy_bits(o.table) for o in e.structure.occupancy if o.table is not None) if e.structure else 0
+    coded_occupancy = (
+        sum(entropy_bits(o.table) for o in e.structure.occupancy if o.table is not None) if e.structure else 0
+    )
     return coded_occupancy + entropy_bits(e.tables[-2]), entropy_bits(e.tables[-1])
 
 

@@ -22,7 +22,7 @@ from weightshare.codec.structure import (
 )
 from weightshare.core.errors import FormatError
 
-__all__ = ["decode_indices", "encode_indices"]
+__all__ = ["Candidate", "candidates", "decode_indices", "encode_indices"]
 
 Candidate = tuple[QuantEntry, list[bytes], int]  # entry, body parts, cost in bytes
 
@@ -69,8 +69,22 @@ def _structured_code(entry: QuantEntry, idx: np.ndarray, order: int) -> Candidat
     return entry, [stream, raw_bytes], cost
 
 
+def candidates(entry: QuantEntry, idx: np.ndarray) -> list[Candidate]:
+    """Every layout of the flat indices ``idx`` in tie-break order (one, dense, for an empty tensor);
+    ``entry`` gives name, shape, codebook and dtype."""
+
+    def fresh() -> QuantEntry:
+        return QuantEntry(entry.name, entry.shape, entry.codebook, DENSE, [], 0, dtype=entry.dtype)
+
+    coded = [_dense_code(fresh(), idx)]
+    if idx.size:
+        coded.append(_sparse_code(fresh(), idx))
+        coded += [_structured_code(fresh(), idx, order) for order in (ROW_MAJOR, COLUMN_MAJOR)]
+    return coded
+
+
 def encode_indices(entry: QuantEntry, idx: np.ndarray) -> tuple[QuantEntry, list[bytes]]:
-    """Every layout of the flat indices ``idx``, the smallest kept; ``entry`` gives name, shape, codebook, dtype.
+    """The smallest layout of the flat indices ``idx`` (the first of equal ones): its entry and body parts.
 
     >>> from weightshare.codec.container import LAYOUT_NAMES
     >>> idx = np.zeros((40, 60), dtype=np.int64); idx[::4, 10:50:3] = 1 + np.arange(140).reshape(10, 14) % 3
@@ -80,17 +94,7 @@ def encode_indices(entry: QuantEntry, idx: np.ndarray) -> tuple[QuantEntry, list
     """
     if entry.numel > MAX_ELEMENTS:
         raise ValueError(f"{entry.name}: {entry.numel} elements, the format's limit is {MAX_ELEMENTS}")
-
-    def fresh() -> QuantEntry:
-        return QuantEntry(entry.name, entry.shape, entry.codebook, DENSE, [], 0, dtype=entry.dtype)
-
-    best = _dense_code(fresh(), idx)
-    if idx.size:
-        candidates = [_sparse_code(fresh(), idx)]
-        candidates += [_structured_code(fresh(), idx, order) for order in (ROW_MAJOR, COLUMN_MAJOR)]
-        for candidate in candidates:
-            if candidate[2] < best[2]:
-                best = candidate
+    best, *_ = sorted(candidates(entry, idx), key=lambda c: c[2])  # a stable sort: the first of equal costs
     return best[0], best[1]
 
 

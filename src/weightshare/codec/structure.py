@@ -149,7 +149,7 @@ def code_occupancy(occupied: np.ndarray) -> tuple[Occupancy, np.ndarray | None, 
     """The cheapest coding of one occupancy vector: (occupancy, ANS symbols or None, raw values, raw bit counts).
 
     >>> occ, sym, raw, nbits = code_occupancy(np.r_[np.zeros(60, bool), np.ones(100, bool), np.zeros(60, bool)])
-    >>> MODE_NAMES[occ.mode], sym.tolist()
+    >>> MODE_NAMES[occ.mode], occ.gap.gaps(sym, lambda nbits: raw).tolist()  # 60 empty, 100 - 1 occupied, 60 - 1
     ('runs', [60, 99, 59])
     """
     size, empty = occupied.size, np.zeros(0, dtype=np.int64)
