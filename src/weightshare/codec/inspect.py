@@ -17,8 +17,8 @@ import numpy as np
 from weightshare.codec.ans import choose_gap_code, entropy_bits, table_size
 from weightshare.codec.bitstream import Reader
 from weightshare.codec.container import (
-    DTYPE_NAMES,
     DENSE,
+    DTYPE_NAMES,
     LAYOUT_NAMES,
     Header,
     QuantEntry,
@@ -26,7 +26,6 @@ from weightshare.codec.container import (
     parse_header,
     stored_bytes,
 )
-
 from weightshare.codec.layouts import decode_indices
 
 __all__ = ["InspectReport", "TensorRow", "file_rates", "format_inspect", "gap_bound_bits", "inspect"]

@@ -104,10 +104,7 @@ def decode_indices(e: QuantEntry, stream: bytes, raw: bytes) -> np.ndarray:
     if e.layout == DENSE:
         return ans_decode(stream, e.tables)[0]
     parts = ans_decode(stream, e.tables)
-    if e.layout == SPARSE:
-        positions = _positions(e, parts[0], raw)
-    else:
-        positions = _structured_positions(e, parts, raw)
+    positions = _positions(e, parts[0], raw) if e.layout == SPARSE else _structured_positions(e, parts, raw)
     out = np.zeros(e.numel, dtype=np.int64)
     out[positions] = parts[-1] + 1
     return out

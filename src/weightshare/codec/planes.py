@@ -58,8 +58,9 @@ def decode_planes(body: bytes, numel: int, width: int, planes: int, tables: list
     """The stored elements' bytes back from a dense entry's body: the coded planes' ANS stream (every byte
     but the raw planes' ``numel`` each at its end), then the raw planes; both sides were sized from the header.
 
-    >>> code = encode_planes(np.linspace(0.01, 0.02, 300, dtype="<f4").tobytes(), 4)
-    >>> decode_planes(code.body, 300, 4, code.planes, code.tables) == np.linspace(0.01, 0.02, 300, dtype="<f4").tobytes()
+    >>> stored = np.linspace(0.01, 0.02, 300, dtype="<f4").tobytes()
+    >>> code = encode_planes(stored, 4)
+    >>> decode_planes(code.body, 300, 4, code.planes, code.tables) == stored
     True
     """
     if not planes:
