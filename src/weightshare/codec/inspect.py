@@ -26,7 +26,7 @@ from weightshare.codec.container import (
     parse_header,
     stored_bytes,
 )
-from weightshare.codec.layouts import decode_indices
+from weightshare.codec.layouts import nonzero_positions
 
 __all__ = ["InspectReport", "TensorRow", "file_rates", "format_inspect", "gap_bound_bits", "inspect"]
 
@@ -170,27 +170,34 @@ def _split(e: QuantEntry) -> tuple[float, float]:
     return e.raw_bytes + share * e.stream_bytes, (1 - share) * e.stream_bytes
 
 
-def gap_bound_bits(idx: np.ndarray) -> float:
+def gap_bound_bits(positions: np.ndarray) -> float:
     """What the version-2 sparse layout's gaps cost at their i.i.d. entropy: the order-0 entropy of the gap
     symbols plus their raw bits, for the gap code that layout picks (its table not counted).
 
-    >>> gap_bound_bits(np.array([0, 1, 0, 1, 0, 1]))  # three gaps of 1: one symbol, no information
+    >>> gap_bound_bits(np.array([1, 3, 5]))  # three gaps of 1: one symbol, no information
     0.0
     """
-    gaps = np.diff(np.flatnonzero(idx), prepend=-1) - 1
+    gaps = np.diff(positions, prepend=-1) - 1
     code, cost = choose_gap_code(gaps)
     return cost - 8 * table_size(np.bincount(code.symbols(gaps)[0]))
 
 
-def _quant_row(e: QuantEntry, codebook: np.ndarray, idx: np.ndarray) -> TensorRow:
-    histogram = np.bincount(idx, minlength=1) if idx.size else np.zeros(1, dtype=np.int64)
-    positions, values = _split(e)
-    coded_bits = sum(_information(e)) + e.raw_bits
+def _histogram(e: QuantEntry) -> np.ndarray:
+    """Counts of each index, from the tables alone."""
+    if e.layout == DENSE:
+        return e.tables[0] if e.tables[0].size else np.zeros(1, dtype=np.int64)
+    return np.concatenate([[e.numel - e.nnz], e.tables[-1]]).astype(np.int64)
+
+
+def _quant_row(e: QuantEntry, codebook: np.ndarray, positions: np.ndarray) -> TensorRow:
+    histogram = _histogram(e)
+    present = np.flatnonzero(histogram)
+    positions_bytes, values_bytes = _split(e)
     return TensorRow(
-        e.name, e.shape, e.numel, e.nnz, int(np.unique(codebook[np.flatnonzero(histogram)]).size),
-        LAYOUT_NAMES[e.layout], e.codebook, e.stream_bytes, e.raw_bytes, e.table_bytes, e.header_bytes,
-        coded_bits / 8, entropy_bits(histogram) / 8, DTYPE_NAMES[e.dtype], positions, values,
-        gap_bound_bits(idx) / 8,
+        e.name, e.shape, e.numel, e.nnz, int(np.unique(codebook[present]).size), LAYOUT_NAMES[e.layout],
+        e.codebook, e.stream_bytes, e.raw_bytes, e.table_bytes, e.header_bytes,
+        (sum(_information(e)) + e.raw_bits) / 8, entropy_bits(histogram) / 8, DTYPE_NAMES[e.dtype],
+        positions_bytes, values_bytes, gap_bound_bits(positions) / 8,
     )  # fmt: skip
 
 
@@ -212,8 +219,8 @@ def inspect(source: bytes | str | os.PathLike) -> InspectReport:
     codebooks = [np.concatenate([[0.0], np.frombuffer(r.read((k - 1) * h.width), dtype)]) for k in h.codebook_sizes]
     rows = []
     for e in h.quantized:
-        idx = decode_indices(e, r.read(e.stream_bytes), r.read(e.raw_bytes))  # for the version-2 gap bound
-        rows.append(_quant_row(e, codebooks[e.codebook], idx))
+        positions = nonzero_positions(e, r.read(e.stream_bytes), r.read(e.raw_bytes))  # for the version-2 gap bound
+        rows.append(_quant_row(e, codebooks[e.codebook], positions))
     for d in h.dense:
         nbytes = h.dense_bytes(d)
         values = dense_array(stored_bytes(r, h, d), h, d)

@@ -22,7 +22,7 @@ from weightshare.codec.structure import (
 )
 from weightshare.core.errors import FormatError
 
-__all__ = ["Candidate", "candidates", "decode_indices", "encode_indices"]
+__all__ = ["Candidate", "candidates", "decode_indices", "encode_indices", "nonzero_positions"]
 
 Candidate = tuple[QuantEntry, list[bytes], int]  # entry, body parts, cost in bytes
 
@@ -103,11 +103,25 @@ def decode_indices(e: QuantEntry, stream: bytes, raw: bytes) -> np.ndarray:
     """The flat index array of one tensor from its stream and raw bits; every defect is a :class:`FormatError`."""
     if e.layout == DENSE:
         return ans_decode(stream, e.tables)[0]
+    positions, values = _nonzeros(e, stream, raw)
+    out = np.zeros(e.numel, dtype=np.int64)
+    out[positions] = values + 1
+    return out
+
+
+def nonzero_positions(e: QuantEntry, stream: bytes, raw: bytes) -> np.ndarray:
+    """The non-zeros' flat positions, increasing, without building the whole tensor (except for the dense
+    layout, whose stream holds every weight)."""
+    if e.layout == DENSE:
+        return np.flatnonzero(ans_decode(stream, e.tables)[0])
+    return np.sort(_nonzeros(e, stream, raw)[0])
+
+
+def _nonzeros(e: QuantEntry, stream: bytes, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions (in the layout's order) and ``index - 1`` of the non-zeros of a sparse or structured tensor."""
     parts = ans_decode(stream, e.tables)
     positions = _positions(e, parts[0], raw) if e.layout == SPARSE else _structured_positions(e, parts, raw)
-    out = np.zeros(e.numel, dtype=np.int64)
-    out[positions] = parts[-1] + 1
-    return out
+    return positions, parts[-1]
 
 
 def _positions(e: QuantEntry, sym: np.ndarray, raw: bytes) -> np.ndarray:
