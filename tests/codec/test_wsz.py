@@ -314,14 +314,19 @@ def test_float16_option() -> None:
 
 
 # --- format version 2: element types, aliases; version 1 still read ----------------------------------
-def version1_model() -> QuantizedModel:
-    """What tests/codec/version1*.wsz hold: written once by the version-1 encoder, kept as they are."""
-    g = torch.Generator().manual_seed(20)
+def _fixture_tensors(seed: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """A sparse and a dense index tensor and two codebooks, as the fixture files of every version hold them."""
+    g = torch.Generator().manual_seed(seed)
     sparse = torch.zeros(30, 200, dtype=torch.int64)
     sparse[::3, ::37] = torch.randint(1, 9, (10, 6), generator=g)
     sparse[29, 199] = 3
     dense = torch.randint(0, 5, (8, 3, 5), generator=g)
-    codebooks = [torch.tensor([0.0, 0.125, -0.125, 0.25, -0.25]), torch.linspace(0, 1, 9)]
+    return g, sparse, dense, [torch.tensor([0.0, 0.125, -0.125, 0.25, -0.25]), torch.linspace(0, 1, 9)]
+
+
+def version1_model() -> QuantizedModel:
+    """What tests/codec/version1*.wsz hold: written once by the version-1 encoder, kept as they are."""
+    g, sparse, dense, codebooks = _fixture_tensors(20)
     quantized = {"fc1.weight": QuantizedTensor(sparse, 1), "conv.weight": QuantizedTensor(dense, 0)}
     dense_tensors = {"fc1.bias": torch.randn(30, generator=g), "bn.running_var": torch.rand(4, generator=g)}
     return QuantizedModel(codebooks, quantized, dense_tensors, {"method": "dc", "model": "toy"})
@@ -341,12 +346,7 @@ def test_version1_files_still_decode(float16: bool) -> None:
 
 def version2_model() -> QuantizedModel:
     """What tests/codec/version2*.wsz hold: written once by the version-2 encoder, kept as they are."""
-    g = torch.Generator().manual_seed(21)
-    sparse = torch.zeros(30, 200, dtype=torch.int64)
-    sparse[::3, ::37] = torch.randint(1, 9, (10, 6), generator=g)
-    sparse[29, 199] = 3
-    dense = torch.randint(0, 5, (8, 3, 5), generator=g)
-    codebooks = [torch.tensor([0.0, 0.125, -0.125, 0.25, -0.25]), torch.linspace(0, 1, 9)]
+    g, sparse, dense, codebooks = _fixture_tensors(21)
     quantized = {"fc1.weight": QuantizedTensor(sparse, 1), "conv.weight": QuantizedTensor(dense, 0, torch.bfloat16)}
     dense_tensors = {"fc1.bias": torch.randn(30, generator=g), "bn.running_var": torch.rand(4, generator=g),
                      "bn.num_batches_tracked": torch.tensor(7), "half": torch.randn(5, generator=g).half()}  # fmt: skip

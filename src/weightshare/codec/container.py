@@ -194,6 +194,15 @@ def _write_shape(w: Writer, shape: tuple[int, ...]) -> None:
         w.uvarint(dim)
 
 
+def _write_tables(w: Writer, h: Header, e: QuantEntry | DenseEntry, start: int) -> None:
+    """An entry's count tables; what they and the rest of its entry (from ``start``) cost, for ``inspect``."""
+    mid = len(w)
+    for counts in e.tables:
+        write_table(w, counts)
+    e.table_bytes, e.header_bytes = len(w) - mid, mid - start
+    h.table_bytes += e.table_bytes
+
+
 def _write_header(h: Header) -> bytes:
     w = Writer()
     meta = json.dumps(h.meta, separators=(",", ":"), ensure_ascii=False).encode() if h.meta else b""
@@ -220,11 +229,7 @@ def _write_header(h: Header) -> bytes:
         if e.structure is not None:
             write_structure(w, e.structure)
         w.uvarint(e.stream_bytes)
-        mid = len(w)
-        for counts in e.tables:
-            write_table(w, counts)
-        e.table_bytes, e.header_bytes = len(w) - mid, mid - start
-        h.table_bytes += e.table_bytes
+        _write_tables(w, h, e, start)
     w.uvarint(len(h.dense))
     for e in h.dense:
         start = len(w)
@@ -234,11 +239,7 @@ def _write_header(h: Header) -> bytes:
         w.u8(e.planes)
         if e.planes:
             w.uvarint(e.stream_bytes)
-        mid = len(w)
-        for counts in e.tables:
-            write_table(w, counts)
-        e.table_bytes, e.header_bytes = len(w) - mid, mid - start
-        h.table_bytes += e.table_bytes
+        _write_tables(w, h, e, start)
     w.uvarint(len(h.aliases))
     for alias, target in h.aliases:
         _write_name(w, alias, ids)
