@@ -18,7 +18,6 @@ import numpy as np
 
 from weightshare.codec.ans import GapCode, read_table, write_table
 from weightshare.codec.bitstream import Reader, Writer
-from weightshare.codec.planes import decode_planes
 from weightshare.codec.structure import (
     Structure,
     read_occupancy_tables,
@@ -34,7 +33,6 @@ __all__ = [
     "QuantEntry",
     "dense_array",
     "parse_header",
-    "stored_bytes",
     "write_file",
 ]
 
@@ -430,11 +428,6 @@ def _check_totals(h: Header, body: int) -> None:
         raise FormatError(f"{total} elements in total, more than the limit {MAX_ELEMENTS}")
     if h.body_size() != body:
         raise FormatError(f"header declares a body of {h.body_size()} bytes, the file holds {body}")
-
-
-def stored_bytes(r: Reader, h: Header, e: DenseEntry) -> bytes:
-    """A dense tensor's stored elements, read from the body at ``r`` (its byte planes decoded)."""
-    return decode_planes(r.read(h.dense_bytes(e)), e.numel, h.dense_width(e), e.planes, e.tables)
 
 
 def dense_array(raw: bytes, h: Header, e: DenseEntry) -> np.ndarray:

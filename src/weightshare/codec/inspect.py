@@ -24,9 +24,8 @@ from weightshare.codec.container import (
     QuantEntry,
     dense_array,
     parse_header,
-    stored_bytes,
 )
-from weightshare.codec.layouts import nonzero_positions
+from weightshare.codec.layouts import nonzero_positions, stored_bytes
 
 __all__ = ["InspectReport", "TensorRow", "file_rates", "format_inspect", "gap_bound_bits", "inspect"]
 

@@ -1,18 +1,25 @@
-"""The layouts of a quantized tensor's indices: dense, sparse (gaps) and structured (occupancy + gaps).
+"""The layouts of each tensor: a quantized tensor's indices (dense, sparse, structured) and the bytes of a
+tensor kept exact (raw or byte planes).
 
-The encoder codes every layout that applies and keeps the smallest, counting
-its stream, raw bits, tables and its own header bytes; the earlier layout wins
-a tie (dense, sparse, structured row-major, structured column-major), so the
-same tensor always gives the same bytes (docs/format.md, "Choice of layout").
+The encoder codes every layout of a quantized tensor and keeps the smallest, counting its stream, raw
+bits, tables and its own header bytes; the earlier layout wins a tie (dense, sparse, structured
+row-major, structured column-major), so the same tensor always gives the same bytes (docs/format.md,
+"Choice of layout").
+
+A tensor kept exact (biases, norms, buffers) is split into byte planes (plane ``p`` = byte ``p`` of
+every stored little-endian element): a float's top byte (sign and high exponent bits) takes few values
+in a bias vector, its low mantissa bytes are close to uniform. Each plane is ANS-coded with its own
+count table when that is smaller than its raw bytes; the rest stay raw, and the whole entry stays raw
+unless coding gains (docs/format.md, "Byte planes").
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from weightshare.codec.ans import GapCode, ans_decode, ans_encode, choose_gap_code, table_size
-from weightshare.codec.bitstream import pack_bits, unpack_bits
-from weightshare.codec.container import DENSE, MAX_ELEMENTS, SPARSE, STRUCTURED, QuantEntry
+from weightshare.codec.ans import GapCode, ans_decode, ans_encode, choose_gap_code, entropy_bits, table_size
+from weightshare.codec.bitstream import Reader, pack_bits, unpack_bits, varint
+from weightshare.codec.container import DENSE, MAX_ELEMENTS, SPARSE, STRUCTURED, DenseEntry, Header, QuantEntry
 from weightshare.codec.structure import (
     COLUMN_MAJOR,
     ROW_MAJOR,
@@ -22,7 +29,17 @@ from weightshare.codec.structure import (
 )
 from weightshare.core.errors import FormatError
 
-__all__ = ["Candidate", "candidates", "decode_indices", "encode_indices", "nonzero_positions"]
+__all__ = [
+    "Candidate",
+    "PlaneCode",
+    "candidates",
+    "decode_indices",
+    "decode_planes",
+    "encode_indices",
+    "encode_planes",
+    "nonzero_positions",
+    "stored_bytes",
+]
 
 Candidate = tuple[QuantEntry, list[bytes], int]  # entry, body parts, cost in bytes
 
@@ -148,3 +165,66 @@ def _structured_positions(e: QuantEntry, parts: list[np.ndarray], raw: bytes) ->
     gaps = e.gap.gaps(gap_sym, lambda _: values[-1])
     sub_pos = np.cumsum(gaps + 1) - 1
     return scatter_positions(sub_pos, rows, cols, e.shape, e.structure.order, e.name)
+
+
+# --- tensors kept exact: byte planes --------------------------------------
+class PlaneCode:
+    """What :func:`encode_planes` chose: the mask of coded planes, their tables and the body bytes."""
+
+    def __init__(self, planes: int, tables: list[np.ndarray], stream: bytes, body: bytes) -> None:
+        self.planes, self.tables, self.stream, self.body = planes, tables, stream, body
+
+    @property
+    def cost(self) -> int:
+        """Body + tables + the stream-length varint: what the entry costs beyond the raw layout's header."""
+        extra = len(varint(len(self.stream))) if self.planes else 0
+        return len(self.body) + sum(table_size(t) for t in self.tables) + extra
+
+
+def encode_planes(stored: bytes, width: int) -> PlaneCode:
+    """The smaller of raw storage and byte planes (those that gain coded, the others raw), raw on a tie.
+
+    >>> values = np.linspace(0.01, 0.02, 300, dtype="<f4")
+    >>> code = encode_planes(values.tobytes(), 4)
+    >>> bin(code.planes), len(code.body)  # the top (sign, exponent) plane holds one value: its table says it all
+    ('0b1000', 900)
+    """
+    raw = PlaneCode(0, [], b"", stored)
+    n = len(stored) // width
+    if n == 0:
+        return raw
+    planes = np.frombuffer(stored, dtype=np.uint8).reshape(n, width).T
+    counts = [np.bincount(plane, minlength=1) for plane in planes]
+    coded = [p for p in range(width) if entropy_bits(counts[p]) / 8 + table_size(counts[p]) < n]
+    if not coded:
+        return raw
+    stream = ans_encode([(planes[p], counts[p]) for p in coded])
+    body = stream + b"".join(planes[p].tobytes() for p in range(width) if p not in coded)
+    code = PlaneCode(sum(1 << p for p in coded), [counts[p] for p in coded], stream, body)
+    return code if code.cost < raw.cost else raw
+
+
+def decode_planes(body: bytes, numel: int, width: int, planes: int, tables: list[np.ndarray]) -> bytes:
+    """The stored elements' bytes back from a dense entry's body: the coded planes' ANS stream (every byte
+    but the raw planes' ``numel`` each at its end), then the raw planes; both sides were sized from the header.
+
+    >>> stored = np.linspace(0.01, 0.02, 300, dtype="<f4").tobytes()
+    >>> code = encode_planes(stored, 4)
+    >>> decode_planes(code.body, 300, 4, code.planes, code.tables) == stored
+    True
+    """
+    if not planes:
+        return body
+    coded = [p for p in range(width) if planes >> p & 1]
+    split = len(body) - (width - len(coded)) * numel
+    decoded = iter(ans_decode(body[:split], tables))
+    raw = iter(np.frombuffer(body[split:], dtype=np.uint8).reshape(width - len(coded), numel))
+    out = np.empty((width, numel), dtype=np.uint8)
+    for p in range(width):
+        out[p] = next(decoded) if p in coded else next(raw)
+    return out.T.tobytes()
+
+
+def stored_bytes(r: Reader, h: Header, e: DenseEntry) -> bytes:
+    """A dense tensor's stored elements, read from the body at ``r`` (its byte planes decoded)."""
+    return decode_planes(r.read(h.dense_bytes(e)), e.numel, h.dense_width(e), e.planes, e.tables)

@@ -37,12 +37,10 @@ from weightshare.codec.container import (
     QuantEntry,
     dense_array,
     parse_header,
-    stored_bytes,
 )
 from weightshare.codec.container import write_file as _write_file
 from weightshare.codec.inspect import inspect
-from weightshare.codec.layouts import decode_indices, encode_indices
-from weightshare.codec.planes import encode_planes
+from weightshare.codec.layouts import decode_indices, encode_indices, encode_planes, stored_bytes
 from weightshare.core.errors import FormatError
 from weightshare.core.io import atomic_write_bytes
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor
