@@ -125,9 +125,9 @@ class InspectReport:
 
     @property
     def entropy_bound_bytes(self) -> float:
-        """Stream entropies + codebooks + everything in the header + the dense floats."""
-        streams = sum(r.entropy_bytes for r in self.quantized)
-        return streams + self.codebook_bytes + self.header_bytes + self.meta_bytes + self.table_bytes + self.dense_bytes
+        """Stream entropies (byte planes' too) + codebooks + everything in the header + the raw dense bytes."""
+        streams = sum(r.entropy_bytes for r in self.rows)  # a raw tensor's entropy_bytes are its bytes
+        return streams + self.codebook_bytes + self.header_bytes + self.meta_bytes + self.table_bytes
 
     def to_dict(self) -> dict[str, object]:
         rows = [asdict(r) | _row_rates(r) for r in self.rows]

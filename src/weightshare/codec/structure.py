@@ -70,10 +70,6 @@ class Occupancy:
             return int((self.gap.extra_bits(self.table.size) * self.table).sum())
         return 0
 
-    @property
-    def entropy_bits(self) -> float:
-        return float(self.raw_bits) + (entropy_bits(self.table) if self.table is not None else 0.0)
-
 
 @dataclass
 class Structure:
