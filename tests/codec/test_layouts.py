@@ -36,6 +36,7 @@ def pruned(draw: st.DrawFn) -> tuple[np.ndarray, int]:
     return idx.astype(np.int64).reshape(shape), k
 
 
+@pytest.mark.slow  # ~7 s: four layouts per example, each written, decoded and inspected
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pruned(), st.sampled_from(FLOAT_CODES))
 def test_every_layout_round_trips_bit_exactly(tensor: tuple[np.ndarray, int], dtype: int) -> None:
