@@ -23,12 +23,15 @@ import numpy as np
 import torch
 
 from weightshare.codec import decode, encode, inspect
+from weightshare.codec.container import Header, QuantEntry, write_file
+from weightshare.codec.layouts import candidates
 from weightshare.core.errors import FormatError
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor
 
 
 def seed_files() -> list[bytes]:
-    """Small files covering every layout: dense, sparse with raw gap bits, float16, several codebooks."""
+    """Small files covering every layout: dense, sparse with raw gap bits, structured, byte planes, float16,
+    several codebooks."""
     g = torch.Generator().manual_seed(0)
     sparse = torch.zeros(40, 300, dtype=torch.int64)
     sparse[::3, ::37] = torch.randint(1, 9, (14, 9), generator=g)
@@ -44,7 +47,13 @@ def seed_files() -> list[bytes]:
              "m": torch.tensor([True, False, True]), "u": torch.arange(4, dtype=torch.uint8)}  # fmt: skip
     typed = QuantizedModel(cbs, {"e.weight": QuantizedTensor(dense, 0, torch.bfloat16)}, kinds,
                            aliases={"head.weight": "e.weight", "k": "n"})  # fmt: skip
+    # Format version 3: dense tensors as byte planes (float and int64).
+    biases = {"s.bias": torch.linspace(-0.05, 0.05, 30), "steps": torch.arange(40) * 1000}
+    planes = QuantizedModel(cbs, {"fc2.weight": QuantizedTensor(dense, 0)}, biases)
     return [
+        *every_layout(g),
+        encode(planes),
+        encode(planes, float16=True),
         encode(q),
         encode(q, float16=True),
         encode(single),
@@ -52,6 +61,26 @@ def seed_files() -> list[bytes]:
         encode(typed),
         encode(typed, float16=True),
     ]
+
+
+def every_layout(g: torch.Generator) -> list[bytes]:
+    """One file per layout the encoder can write (dense, sparse, structured in both orders) for tensors whose
+    occupancy takes every coding (raw bits, bitmap, runs, all occupied), whichever the encoder would keep."""
+    runs = torch.rand(30, 80, generator=g) < 0.3
+    runs[:, :20], runs[:, 60:] = False, False  # a long run of live inputs between dead ones
+    runs &= torch.rand(30, 1, generator=g) < 0.6  # dead output units at random
+    bitmap = torch.zeros(40, 200, dtype=torch.bool)
+    alive = torch.nonzero(torch.rand(200, generator=g) < 0.9).reshape(-1)
+    bitmap[torch.randint(0, 40, (alive.numel(),), generator=g), alive] = True
+    bitmap[torch.arange(40), alive[:40]] = True  # every row occupied
+    conv = torch.rand(12, 6, 3, 3, generator=g) < 0.5
+    conv[:, 2], conv[4] = False, False  # a dead input channel, a dead filter
+    files = []
+    for mask in (runs, bitmap, conv):
+        idx = (torch.randint(1, 9, mask.shape, generator=g) * mask).reshape(-1).numpy()
+        for entry, parts, _ in candidates(QuantEntry("w", tuple(mask.shape), 0, 0, [], 0), idx):
+            files.append(write_file(Header(False, {}, [9], [entry], []), [np.ones(8, "<f4").tobytes(), *parts]))
+    return files
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:

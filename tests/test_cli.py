@@ -66,6 +66,7 @@ def test_encode_decode_inspect(pretrained, tmp_path, capsys):
     assert main(["inspect", str(out / "model.wsz")]) == 0
     table = capsys.readouterr().out
     assert "net.0.weight" in table and "CR_all" in table
+    assert "pos b/nz  v2 gaps b/nz  val b/nz" in table and " + positions " in table  # the format-3 accounting
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def test_sparse_layout_wins_on_structured_sparsity() -> None:
     idx[:, ::97] = torch.randint(1, 17, (500, 9), generator=torch.Generator().manual_seed(0))
     q = QuantizedModel([torch.linspace(0, 1, 17)], {"w": QuantizedTensor(idx)})
     row = inspect(encode(q)).rows[0]
-    assert row.layout == "sparse"
+    assert row.layout == "structured"  # 9 occupied columns, every cell of them non-zero: no gap information
     assert row.total_bytes < 0.5 * row.index_entropy_bytes  # positions are regular, indices are not
     dense_idx = torch.randint(0, 17, (300, 300), generator=torch.Generator().manual_seed(1))
     q2 = QuantizedModel([torch.linspace(0, 1, 17)], {"w": QuantizedTensor(dense_idx)})
@@ -179,6 +179,19 @@ def test_primitives() -> None:
         ans_decode(b"", [np.full(4, 1000)])
 
 
+def test_a_dense_stream_that_ends_in_dead_rows_decodes() -> None:
+    """The coder starts empty, so a final run of the first symbol (a dead row's zeros) costs nothing: the
+    stream is shorter than the information content of its table, and still a sound file (version 2 refused it)."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(1, 5, (200, 100)) * (rng.random((200, 100)) < 0.5)
+    idx[-2:] = 0
+    q = QuantizedModel([torch.tensor([0.0, 0.5, -0.5, 0.25, -0.25])], {"w": QuantizedTensor(torch.from_numpy(idx))})
+    data = encode(q)
+    row = inspect(data).rows[0]
+    assert row.layout == "dense" and row.stream_bytes < row.entropy_bytes - 8  # below the table's information
+    assert_same(q, decode(data))
+
+
 # --- bad input --------------------------------------------------------------
 def sample_model() -> QuantizedModel:
     g = torch.Generator().manual_seed(0)
@@ -201,8 +214,8 @@ def test_refuses_truncated_foreign_newer_and_corrupted_files() -> None:
             decode(data[:n])
     with pytest.raises(FormatError, match="not a .wsz"):
         decode(b"PK\x03\x04" + data[4:])
-    with pytest.raises(FormatError, match="newer format version 3"):
-        decode(data[:4] + b"\x03" + data[5:])
+    with pytest.raises(FormatError, match="newer format version 4"):
+        decode(data[:4] + b"\x04" + data[5:])
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
     with pytest.raises(FormatError, match="checksum"):
@@ -301,14 +314,19 @@ def test_float16_option() -> None:
 
 
 # --- format version 2: element types, aliases; version 1 still read ----------------------------------
-def version1_model() -> QuantizedModel:
-    """What tests/codec/version1*.wsz hold: written once by the version-1 encoder, kept as they are."""
-    g = torch.Generator().manual_seed(20)
+def _fixture_tensors(seed: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """A sparse and a dense index tensor and two codebooks, as the fixture files of every version hold them."""
+    g = torch.Generator().manual_seed(seed)
     sparse = torch.zeros(30, 200, dtype=torch.int64)
     sparse[::3, ::37] = torch.randint(1, 9, (10, 6), generator=g)
     sparse[29, 199] = 3
     dense = torch.randint(0, 5, (8, 3, 5), generator=g)
-    codebooks = [torch.tensor([0.0, 0.125, -0.125, 0.25, -0.25]), torch.linspace(0, 1, 9)]
+    return g, sparse, dense, [torch.tensor([0.0, 0.125, -0.125, 0.25, -0.25]), torch.linspace(0, 1, 9)]
+
+
+def version1_model() -> QuantizedModel:
+    """What tests/codec/version1*.wsz hold: written once by the version-1 encoder, kept as they are."""
+    g, sparse, dense, codebooks = _fixture_tensors(20)
     quantized = {"fc1.weight": QuantizedTensor(sparse, 1), "conv.weight": QuantizedTensor(dense, 0)}
     dense_tensors = {"fc1.bias": torch.randn(30, generator=g), "bn.running_var": torch.rand(4, generator=g)}
     return QuantizedModel(codebooks, quantized, dense_tensors, {"method": "dc", "model": "toy"})
@@ -323,7 +341,36 @@ def test_version1_files_still_decode(float16: bool) -> None:
     assert all(qt.dtype == torch.float32 for qt in decoded.quantized.values()) and decoded.aliases == {}
     report = inspect(data)
     assert report.version == 1 and report.file_bytes == len(data)
-    assert encode(decoded, float16=float16)[4] == 2  # written again: the current version
+    assert encode(decoded, float16=float16)[4] == 3  # written again: the current version
+
+
+def version2_model() -> QuantizedModel:
+    """What tests/codec/version2*.wsz hold: written once by the version-2 encoder, kept as they are."""
+    g, sparse, dense, codebooks = _fixture_tensors(21)
+    quantized = {"fc1.weight": QuantizedTensor(sparse, 1), "conv.weight": QuantizedTensor(dense, 0, torch.bfloat16)}
+    dense_tensors = {"fc1.bias": torch.randn(30, generator=g), "bn.running_var": torch.rand(4, generator=g),
+                     "bn.num_batches_tracked": torch.tensor(7), "half": torch.randn(5, generator=g).half()}  # fmt: skip
+    return QuantizedModel(codebooks, quantized, dense_tensors, {"method": "dc", "model": "toy"},
+                          aliases={"head.weight": "fc1.weight"})  # fmt: skip
+
+
+@pytest.mark.parametrize("float16", [False, True])
+def test_version2_files_still_decode(float16: bool) -> None:
+    data = (Path(__file__).parent / f"version2{'-float16' if float16 else ''}.wsz").read_bytes()
+    assert data[4] == 2 and len(data) == (359 if float16 else 451)
+    decoded = decode(data)
+    expected = version2_model()
+    floats = {n: t for n, t in expected.dense.items() if t.dtype == torch.float32}
+    assert_same(QuantizedModel(expected.codebooks, expected.quantized, floats, expected.meta),
+                QuantizedModel(decoded.codebooks, decoded.quantized, {n: decoded.dense[n] for n in floats},
+                               decoded.meta), float16=float16)  # fmt: skip
+    for name in ("bn.num_batches_tracked", "half"):  # other dtypes: every bit, whatever the flag
+        got, want = decoded.dense[name].reshape(-1), expected.dense[name].reshape(-1)
+        assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert decoded.aliases == {"head.weight": "fc1.weight"}
+    assert decoded.quantized["conv.weight"].dtype == torch.bfloat16
+    assert decoded.dense["bn.num_batches_tracked"].dtype == torch.int64
+    assert inspect(data).version == 2 and inspect(data).file_bytes == len(data)
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
@@ -362,7 +409,11 @@ def test_dense_tensors_of_every_dtype_come_back_bit_for_bit(float16: bool) -> No
     }
     assert back.to_state_dict()["q.bfloat16"].dtype == torch.bfloat16
     rows = {r.name: r for r in inspect(encode(q)).rows}
-    assert rows["t.int64"].stream_bytes == 15 * 8 and rows["t.bool"].stream_bytes == 15
+    # Stored in their own width (int16: 15 x 2 B), or byte planes where coding them is smaller (version 3):
+    # int64's six high bytes hold three patterns, bool's one plane two values.
+    assert rows["t.int16"].layout == "raw" and rows["t.int16"].stream_bytes == 15 * 2
+    assert (rows["t.int64"].layout, rows["t.int64"].stream_bytes + rows["t.int64"].table_bytes) == ("planes", 82)
+    assert (rows["t.bool"].layout, rows["t.bool"].stream_bytes + rows["t.bool"].table_bytes) == ("planes", 8)
     assert rows["t.bfloat16"].dtype == "bfloat16" and rows["q.float16"].dtype == "float16"
     assert inspect(encode(q)).num_params == 4 * 15 + 2 * 16  # integer and bool tensors are not parameters
 

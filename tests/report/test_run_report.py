@@ -271,3 +271,18 @@ def test_coverage_says_which_parameters_were_quantized_after_the_method(tmp_path
         "fc1.bias": "left dense by the method (not a covered weight), then quantized into a codebook of its own "
         "of 4 values by the finish stage ([finish] dense_param_bits); counted with the biases",
     }
+
+
+def test_the_file_section_names_its_components_and_each_layer_its_positions_and_values(tmp_path) -> None:
+    q = _mixed_model()
+    report = build_report(_run(tmp_path, q), errors=ERRORS)
+    parts = report["file"]["components"]
+    assert list(parts) == ["header", "codebooks", "tables", "positions", "values", "dense"]
+    assert sum(parts.values()) == pytest.approx(report["file"]["bytes"])
+    assert parts["codebooks"] == 4 * (8 + 4)  # two float32 codebooks of 9 and 5 entries, zeros implicit
+    layers = {row["name"]: row for row in report["layers"]}
+    assert sum(layers[n]["positions_bytes"] for n in q.quantized) == pytest.approx(parts["positions"])
+    assert sum(layers[n]["values_bytes"] for n in q.quantized) == pytest.approx(parts["values"])
+    fc1 = layers["fc1.weight"]  # ~600 non-zeros at random: positions cost about as much as the v2 gaps
+    assert fc1["positions_bytes"] == pytest.approx(fc1["gap_bound_bytes"], rel=0.05)
+    assert 8 * fc1["values_bytes"] / fc1["nnz"] == pytest.approx(2.0, abs=0.05)  # 4 values, about equally likely

@@ -55,7 +55,11 @@ def _add_codec(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="decode a .wsz file into a safetensors state dict")
     p.add_argument("file", help=".wsz file")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p = sub.add_parser("inspect", help="per-tensor table of a .wsz file: layout, bytes, bits per weight, entropy")
+    p = sub.add_parser(
+        "inspect",
+        help="per-tensor table of a .wsz file: layout, positions and values (bytes, bits per non-zero, beside "
+        "the version-2 gaps at their entropy), bits per weight; the file's bytes by component",
+    )
     p.add_argument("file", help=".wsz file")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 

@@ -14,6 +14,7 @@ the symbol, as zstd and LZMA do for offsets).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import constriction
@@ -146,7 +147,7 @@ def ans_encode(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> bytes:
 
 def ans_decode(data: bytes, tables: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Decode the parts whose count tables are given; every failure becomes :class:`FormatError`."""
-    needed = sum(entropy_bits(c) for c in tables)
+    needed = _least_information(tables)
     if 8 * len(data) + _ANS_SLACK_BITS < needed:
         raise FormatError(f"ANS stream of {len(data)} bytes is shorter than its information content")
     if data and data[-1] == 0:
@@ -166,6 +167,22 @@ def ans_decode(data: bytes, tables: Sequence[np.ndarray]) -> list[np.ndarray]:
     if not exhausted:
         raise FormatError("ANS stream has data left after the last symbol")
     return out
+
+
+def _least_information(tables: Sequence[np.ndarray]) -> float:
+    """Bits a stream of these parts holds at least, up to the coder's state.
+
+    The coder starts from state 0, where a symbol of rank 0 (cumulative frequency 0) leaves the state at 0:
+    the run of rank-0 symbols that ends the last coded part costs nothing. So all of that part's rank-0
+    symbols are taken off (a coded part has a symbol of another rank, so the free run stops inside it).
+    Without this, a file whose dense index stream ends in a dead row was written and then refused.
+    """
+    coded = [c for c in tables if np.count_nonzero(c) >= 2]
+    if not coded:
+        return 0.0
+    last = coded[-1]
+    first = int(last[np.flatnonzero(last)[0]])
+    return sum(entropy_bits(c) for c in coded) - first * math.log2(int(last.sum()) / first)
 
 
 def _decode_part(coder: constriction.stream.stack.AnsCoder, counts: np.ndarray) -> np.ndarray:

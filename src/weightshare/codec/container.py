@@ -18,13 +18,27 @@ import numpy as np
 
 from weightshare.codec.ans import GapCode, read_table, write_table
 from weightshare.codec.bitstream import Reader, Writer
+from weightshare.codec.structure import (
+    Structure,
+    read_occupancy_tables,
+    read_structure,
+    write_structure,
+)
 from weightshare.core.errors import FormatError
 
-__all__ = ["DTYPE_NAMES", "DenseEntry", "Header", "QuantEntry", "dense_array", "parse_header", "write_file"]
+__all__ = [
+    "DTYPE_NAMES",
+    "DenseEntry",
+    "Header",
+    "QuantEntry",
+    "dense_array",
+    "parse_header",
+    "write_file",
+]
 
 MAGIC = b"WSZ\x1a"  # \x1a (Ctrl-Z) stops text tools, as in PNG's signature
-VERSION = 2  # 2: a dtype per tensor, any dtype of dense tensor, aliases (docs/format.md, "Version history")
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # 3: structured positions, byte planes of dense tensors (docs/format.md, "Version history")
+READABLE_VERSIONS = (1, 2, 3)
 PREFIX_BYTES = 10  # magic, version, flags, CRC32
 FLAG_FLOAT16 = 0x01  # codebook values and float32 dense tensors stored as float16
 
@@ -34,8 +48,8 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "i
 _STORED = ("<f4", "<f2", "<u2", "<f8", "<i8", "<i4", "<i2", "i1", "u1", "u1")
 FLOAT32, BFLOAT16, BOOL = 0, 2, 9
 FLOAT_CODES = (0, 1, 2, 3)  # a quantized tensor's values are floats
-DENSE, SPARSE = 0, 1
-LAYOUT_NAMES = {DENSE: "dense", SPARSE: "sparse"}
+DENSE, SPARSE, STRUCTURED = 0, 1, 2
+LAYOUT_NAMES = {DENSE: "dense", SPARSE: "sparse", STRUCTURED: "structured"}
 
 MAX_ELEMENTS = 2**31  # per tensor and in total: refused before any allocation
 MAX_NDIM = 16
@@ -44,7 +58,8 @@ MAX_CODEBOOK = 2**20
 
 @dataclass
 class QuantEntry:
-    """One quantized tensor. Tables: dense ``[index counts]``; sparse ``[gap symbol counts, (index - 1) counts]``."""
+    """One quantized tensor. Tables: dense ``[index counts]``; sparse ``[gap symbol counts, (index - 1) counts]``;
+    structured: the coded occupancy vectors' tables, then the sparse ones."""
 
     name: str
     shape: tuple[int, ...]
@@ -56,6 +71,7 @@ class QuantEntry:
     header_bytes: int = 0  # its own header entry, tables excluded
     table_bytes: int = 0
     dtype: int = FLOAT32  # the model's dtype of the tensor (code into DTYPE_NAMES)
+    structure: Structure | None = None  # STRUCTURED only
 
     @property
     def numel(self) -> int:
@@ -63,17 +79,22 @@ class QuantEntry:
 
     @property
     def nnz(self) -> int:
-        if self.layout == SPARSE:
-            return int(self.tables[1].sum())
+        if self.layout != DENSE:
+            return int(self.tables[-1].sum())
         counts = self.tables[0]
         return self.numel - int(counts[0]) if counts.size else 0
 
     @property
-    def raw_bits(self) -> int:
+    def gap_raw_bits(self) -> int:
         if self.gap is None:
             return 0
-        counts = self.tables[0]
+        counts = self.tables[-2]
         return int((self.gap.extra_bits(counts.size) * counts).sum())
+
+    @property
+    def raw_bits(self) -> int:
+        occupancy = sum(o.raw_bits for o in self.structure.occupancy) if self.structure else 0
+        return occupancy + self.gap_raw_bits
 
     @property
     def raw_bytes(self) -> int:
@@ -82,16 +103,25 @@ class QuantEntry:
 
 @dataclass
 class DenseEntry:
-    """One tensor stored as it is, in its own element type."""
+    """One tensor stored exactly, in its own element type: raw, or (version 3) some of its byte planes
+    ANS-coded, ``planes`` bit p set for plane p, one count table each (docs/format.md, "Byte planes")."""
 
     name: str
     shape: tuple[int, ...]
     header_bytes: int = 0
     dtype: int = FLOAT32
+    planes: int = 0
+    tables: list[np.ndarray] = field(default_factory=list)
+    stream_bytes: int = 0
+    table_bytes: int = 0
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def coded_planes(self) -> list[int]:
+        return [p for p in range(8) if self.planes >> p & 1]
 
 
 @dataclass
@@ -131,9 +161,13 @@ class Header:
         names = [e.name for e in self.quantized] + [e.name for e in self.dense]
         return {alias: names[target] for alias, target in self.aliases}
 
+    def dense_bytes(self, e: DenseEntry) -> int:
+        """Body bytes of a dense tensor: its ANS stream and the planes stored raw."""
+        return e.stream_bytes + (self.dense_width(e) - len(e.coded_planes)) * e.numel
+
     def body_size(self) -> int:
         q = sum(e.stream_bytes + e.raw_bytes for e in self.quantized)
-        return self.codebook_bytes + q + sum(self.dense_width(e) * e.numel for e in self.dense)
+        return self.codebook_bytes + q + sum(self.dense_bytes(e) for e in self.dense)
 
 
 # --- writing --------------------------------------------------------------
@@ -156,6 +190,15 @@ def _write_shape(w: Writer, shape: tuple[int, ...]) -> None:
     w.uvarint(len(shape))
     for dim in shape:
         w.uvarint(dim)
+
+
+def _write_tables(w: Writer, h: Header, e: QuantEntry | DenseEntry, start: int) -> None:
+    """An entry's count tables; what they and the rest of its entry (from ``start``) cost, for ``inspect``."""
+    mid = len(w)
+    for counts in e.tables:
+        write_table(w, counts)
+    e.table_bytes, e.header_bytes = len(w) - mid, mid - start
+    h.table_bytes += e.table_bytes
 
 
 def _write_header(h: Header) -> bytes:
@@ -181,19 +224,20 @@ def _write_header(h: Header) -> bytes:
             w.uvarint(e.codebook)
         w.u8(e.dtype)
         w.u8(e.layout | (e.gap.d << 2 | e.gap.m << 6 if e.gap else 0))
+        if e.structure is not None:
+            write_structure(w, e.structure)
         w.uvarint(e.stream_bytes)
-        mid = len(w)
-        for counts in e.tables:
-            write_table(w, counts)
-        e.table_bytes, e.header_bytes = len(w) - mid, mid - start
-        h.table_bytes += e.table_bytes
+        _write_tables(w, h, e, start)
     w.uvarint(len(h.dense))
     for e in h.dense:
         start = len(w)
         _write_name(w, e.name, ids)
         w.u8(e.dtype)
         _write_shape(w, e.shape)
-        e.header_bytes = len(w) - start
+        w.u8(e.planes)
+        if e.planes:
+            w.uvarint(e.stream_bytes)
+        _write_tables(w, h, e, start)
     w.uvarint(len(h.aliases))
     for alias, target in h.aliases:
         _write_name(w, alias, ids)
@@ -277,6 +321,20 @@ def _read_shape(r: Reader, name: str) -> tuple[int, ...]:
     return shape
 
 
+def _read_layout(
+    r: Reader, name: str, shape: tuple[int, ...], version: int
+) -> tuple[int, GapCode | None, Structure | None]:
+    """The layout byte (and, structured, its structure fields): dense, sparse or (version 3) structured."""
+    byte = r.u8()
+    layout = byte & 3
+    if layout == DENSE and not byte >> 2:
+        return DENSE, None, None
+    if layout == SPARSE or (layout == STRUCTURED and version >= 3):
+        gap = GapCode((byte >> 2) & 15, byte >> 6)
+        return layout, gap, read_structure(r, shape, name) if layout == STRUCTURED else None
+    raise FormatError(f"{name}: unknown layout byte 0x{byte:02x}")
+
+
 def _read_quant(r: Reader, tokens: list[str], sizes: list[int], version: int) -> QuantEntry:
     start = r.pos
     name = _read_name(r, tokens)
@@ -285,12 +343,7 @@ def _read_quant(r: Reader, tokens: list[str], sizes: list[int], version: int) ->
     if not sizes:
         raise FormatError(f"{name}: quantized tensor but the file has no codebook")
     dtype = _read_dtype(r, name, FLOAT_CODES) if version >= 2 else FLOAT32
-    byte = r.u8()
-    layout, gap = byte & 3, None
-    if layout == SPARSE:
-        gap = GapCode((byte >> 2) & 15, byte >> 6)
-    elif layout != DENSE or byte >> 2:
-        raise FormatError(f"{name}: unknown layout byte 0x{byte:02x}")
+    layout, gap, structure = _read_layout(r, name, shape, version)
     stream = r.uvarint(r.remaining, f"{name}: stream length")
     numel, k, mid = math.prod(shape), sizes[cb], r.pos
     if gap is None:
@@ -298,13 +351,38 @@ def _read_quant(r: Reader, tokens: list[str], sizes: list[int], version: int) ->
         if int(tables[0].sum()) != numel:
             raise FormatError(f"{name}: index table counts {int(tables[0].sum())} symbols, shape needs {numel}")
     else:
+        tables = []
+        if structure is not None:
+            read_occupancy_tables(r, structure, name)
+            tables = [o.table for o in structure.occupancy if o.table is not None]
         gaps = read_table(r, gap.max_alphabet, numel, f"{name}: gap table")
         nnz = int(gaps.sum())
         idx = read_table(r, k - 1, nnz, f"{name}: non-zero index table")
         if int(idx.sum()) != nnz:
             raise FormatError(f"{name}: {nnz} gaps but {int(idx.sum())} non-zero indices")
-        tables = [gaps, idx]
-    return QuantEntry(name, shape, cb, layout, tables, stream, gap, mid - start, r.pos - mid, dtype)
+        tables += [gaps, idx]
+    return QuantEntry(name, shape, cb, layout, tables, stream, gap, mid - start, r.pos - mid, dtype, structure)
+
+
+def _read_dense(r: Reader, tokens: list[str], version: int, float16: bool) -> DenseEntry:
+    """A dense entry; version 3 adds the byte-plane mask, the stream length and a table per coded plane."""
+    start = r.pos
+    name = _read_name(r, tokens)
+    dtype = _read_dtype(r, name, tuple(range(len(DTYPE_NAMES)))) if version >= 2 else FLOAT32
+    e = DenseEntry(name, _read_shape(r, name), dtype=dtype)
+    if version >= 3:
+        e.planes = r.u8()
+        width = 2 if float16 and dtype == FLOAT32 else np.dtype(_STORED[dtype]).itemsize
+        if e.planes >> width:
+            raise FormatError(f"{name}: byte-plane mask 0x{e.planes:02x} names planes beyond its {width} bytes")
+        e.stream_bytes = r.uvarint(r.remaining, f"{name}: stream length") if e.planes else 0
+    mid = r.pos
+    for p in e.coded_planes:
+        e.tables.append(read_table(r, 256, e.numel, f"{name}: byte plane {p} table"))
+        if int(e.tables[-1].sum()) != e.numel:
+            raise FormatError(f"{name}: byte plane {p} table counts {int(e.tables[-1].sum())}, not {e.numel}")
+    e.header_bytes, e.table_bytes = mid - start, r.pos - mid
+    return e
 
 
 def parse_header(data: bytes) -> Header:
@@ -322,16 +400,10 @@ def parse_header(data: bytes) -> Header:
         raise FormatError("a codebook has size 0 (entry 0, the zero, is always present)")
     count = r.uvarint(r.remaining, "quantized count")
     quantized = [_read_quant(r, tokens, sizes, version) for _ in range(count)]
-    dense = []
-    for _ in range(r.uvarint(r.remaining, "dense count")):
-        start = r.pos
-        name = _read_name(r, tokens)
-        dtype = _read_dtype(r, name, tuple(range(len(DTYPE_NAMES)))) if version >= 2 else FLOAT32
-        dense.append(DenseEntry(name, _read_shape(r, name), dtype=dtype))
-        dense[-1].header_bytes = r.pos - start
-    aliases = _read_aliases(r, tokens, len(quantized) + len(dense)) if version >= 2 else []
-    tables = sum(e.table_bytes for e in quantized)
     float16 = bool(flags & FLAG_FLOAT16)
+    dense = [_read_dense(r, tokens, version, float16) for _ in range(r.uvarint(r.remaining, "dense count"))]
+    aliases = _read_aliases(r, tokens, len(quantized) + len(dense)) if version >= 2 else []
+    tables = sum(e.table_bytes for e in quantized) + sum(e.table_bytes for e in dense)
     h = Header(float16, meta, sizes, quantized, dense, r.pos, meta_bytes, tables, names_bytes, aliases, version)
     _check_totals(h, len(data) - r.pos)
     return h

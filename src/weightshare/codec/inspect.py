@@ -14,11 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
-from weightshare.codec.ans import entropy_bits
+from weightshare.codec.ans import choose_gap_code, entropy_bits, table_size
 from weightshare.codec.bitstream import Reader
-from weightshare.codec.container import DTYPE_NAMES, LAYOUT_NAMES, SPARSE, Header, QuantEntry, dense_array, parse_header
+from weightshare.codec.container import (
+    DENSE,
+    DTYPE_NAMES,
+    LAYOUT_NAMES,
+    Header,
+    QuantEntry,
+    dense_array,
+    parse_header,
+)
+from weightshare.codec.layouts import nonzero_positions, stored_bytes
 
-__all__ = ["InspectReport", "TensorRow", "file_rates", "format_inspect", "inspect"]
+__all__ = ["InspectReport", "TensorRow", "file_rates", "format_inspect", "gap_bound_bits", "inspect"]
+
+LAYOUTS = ("dense", "sparse", "structured")  # a quantized tensor's; "raw" and "planes" are stored tensors
 
 
 _NOT_PARAMETERS = ("int64", "int32", "int16", "int8", "uint8", "bool")
@@ -43,6 +54,9 @@ class TensorRow:
     entropy_bytes: float
     index_entropy_bytes: float | None
     dtype: str = "float32"  # the model's element type of the tensor
+    positions_bytes: float = 0.0  # stream + raw bits split by the information each part carries (see _split)
+    values_bytes: float = 0.0
+    gap_bound_bytes: float | None = None  # the version-2 sparse layout's gaps at their i.i.d. entropy
 
     @property
     def total_bytes(self) -> int:
@@ -51,6 +65,10 @@ class TensorRow:
     @property
     def bits_per_weight(self) -> float:
         return 8 * self.total_bytes / self.numel if self.numel else 0.0
+
+    def per_nonzero(self, nbytes: float | None) -> float | None:
+        """Bits per non-zero weight of a byte figure (``None`` for a stored tensor or no non-zero)."""
+        return 8 * nbytes / self.nnz if nbytes is not None and self.nnz and self.layout in LAYOUTS else None
 
 
 @dataclass
@@ -71,7 +89,7 @@ class InspectReport:
 
     @property
     def quantized(self) -> list[TensorRow]:
-        return [r for r in self.rows if r.layout != "raw"]
+        return [r for r in self.rows if r.layout in LAYOUTS]
 
     @property
     def num_params(self) -> int:
@@ -89,35 +107,96 @@ class InspectReport:
 
     @property
     def dense_bytes(self) -> int:
-        return sum(r.stream_bytes for r in self.rows if r.layout == "raw")
+        """The tensors stored exactly (biases, norms, buffers): raw or byte planes, their tables excluded."""
+        return sum(r.stream_bytes for r in self.rows if r.layout not in LAYOUTS)
+
+    @property
+    def components(self) -> dict[str, float]:
+        """The file's bytes by what they hold; they add up to ``file_bytes`` (positions and values split
+        each tensor's coded bytes by information content, :func:`_split`)."""
+        return {
+            "header": self.header_bytes + self.meta_bytes,
+            "codebooks": self.codebook_bytes,
+            "tables": self.table_bytes,
+            "positions": sum(r.positions_bytes for r in self.quantized),
+            "values": sum(r.values_bytes for r in self.quantized),
+            "dense": self.dense_bytes,
+        }
 
     @property
     def entropy_bound_bytes(self) -> float:
-        """Stream entropies + codebooks + everything in the header + the dense floats."""
-        streams = sum(r.entropy_bytes for r in self.quantized)
-        return streams + self.codebook_bytes + self.header_bytes + self.meta_bytes + self.table_bytes + self.dense_bytes
+        """Stream entropies (byte planes' too) + codebooks + everything in the header + the raw dense bytes."""
+        streams = sum(r.entropy_bytes for r in self.rows)  # a raw tensor's entropy_bytes are its bytes
+        return streams + self.codebook_bytes + self.header_bytes + self.meta_bytes + self.table_bytes
 
     def to_dict(self) -> dict[str, object]:
-        rows = [asdict(r) | {"bits_per_weight": r.bits_per_weight, "total_bytes": r.total_bytes} for r in self.rows]
+        rows = [asdict(r) | _row_rates(r) for r in self.rows]
         scalars = {k: v for k, v in asdict(self).items() if k != "rows"}
-        totals = {"stream_bytes": self.stream_bytes, "dense_bytes": self.dense_bytes}
+        totals = {"stream_bytes": self.stream_bytes, "dense_bytes": self.dense_bytes, "components": self.components}
         return scalars | totals | {"entropy_bound_bytes": self.entropy_bound_bytes, "rows": rows} | file_rates(self)
 
 
-def _quant_row(e: QuantEntry, codebook: np.ndarray) -> TensorRow:
-    if e.layout == SPARSE:
-        gaps, idx = e.tables
-        coded_bits = entropy_bits(gaps) + entropy_bits(idx) + e.raw_bits
-        histogram = np.concatenate([[e.numel - e.nnz], idx])
-        present = np.concatenate([[0] if e.nnz < e.numel else [], np.flatnonzero(idx) + 1]).astype(np.int64)
-    else:
-        histogram = e.tables[0]
-        coded_bits = entropy_bits(histogram)
-        present = np.flatnonzero(histogram)
+def _row_rates(r: TensorRow) -> dict[str, float | None]:
+    return {
+        "bits_per_weight": r.bits_per_weight,
+        "total_bytes": r.total_bytes,
+        "positions_bits_per_nonzero": r.per_nonzero(r.positions_bytes),
+        "values_bits_per_nonzero": r.per_nonzero(r.values_bytes),
+        "gap_bound_bits_per_nonzero": r.per_nonzero(r.gap_bound_bytes),
+    }
+
+
+def _information(e: QuantEntry) -> tuple[float, float]:
+    """Bits of positions coded in the ANS stream, and bits of values (order-0 entropies of the tables).
+
+    Dense layout: the chain rule splits the index entropy exactly into the zero/non-zero mask and the
+    non-zero values, ``H(idx) = H(mask) + H(values | non-zero)``."""
+    if e.layout == DENSE:
+        counts = e.tables[0]
+        mask = np.array([counts[0] if counts.size else 0, e.nnz])
+        return entropy_bits(mask), entropy_bits(counts) - entropy_bits(mask)
+    coded_occupancy = (
+        sum(entropy_bits(o.table) for o in e.structure.occupancy if o.table is not None) if e.structure else 0
+    )
+    return coded_occupancy + entropy_bits(e.tables[-2]), entropy_bits(e.tables[-1])
+
+
+def _split(e: QuantEntry) -> tuple[float, float]:
+    """The tensor's stream and raw bytes as (positions, values): raw bits are all positions; the ANS stream,
+    shared by both, in proportion to the information each part carries."""
+    positions, values = _information(e)
+    share = positions / (positions + values) if positions + values else 0.0
+    return e.raw_bytes + share * e.stream_bytes, (1 - share) * e.stream_bytes
+
+
+def gap_bound_bits(positions: np.ndarray) -> float:
+    """What the version-2 sparse layout's gaps cost at their i.i.d. entropy: the order-0 entropy of the gap
+    symbols plus their raw bits, for the gap code that layout picks (its table not counted).
+
+    >>> gap_bound_bits(np.array([1, 3, 5]))  # three gaps of 1: one symbol, no information
+    0.0
+    """
+    gaps = np.diff(positions, prepend=-1) - 1
+    code, cost = choose_gap_code(gaps)
+    return cost - 8 * table_size(np.bincount(code.symbols(gaps)[0]))
+
+
+def _histogram(e: QuantEntry) -> np.ndarray:
+    """Counts of each index, from the tables alone."""
+    if e.layout == DENSE:
+        return e.tables[0] if e.tables[0].size else np.zeros(1, dtype=np.int64)
+    return np.concatenate([[e.numel - e.nnz], e.tables[-1]]).astype(np.int64)
+
+
+def _quant_row(e: QuantEntry, codebook: np.ndarray, positions: np.ndarray) -> TensorRow:
+    histogram = _histogram(e)
+    present = np.flatnonzero(histogram)
+    positions_bytes, values_bytes = _split(e)
     return TensorRow(
         e.name, e.shape, e.numel, e.nnz, int(np.unique(codebook[present]).size), LAYOUT_NAMES[e.layout],
         e.codebook, e.stream_bytes, e.raw_bytes, e.table_bytes, e.header_bytes,
-        coded_bits / 8, entropy_bits(histogram) / 8, DTYPE_NAMES[e.dtype],
+        (sum(_information(e)) + e.raw_bits) / 8, entropy_bits(histogram) / 8, DTYPE_NAMES[e.dtype],
+        positions_bytes, values_bytes, gap_bound_bits(positions) / 8,
     )  # fmt: skip
 
 
@@ -139,14 +218,16 @@ def inspect(source: bytes | str | os.PathLike) -> InspectReport:
     codebooks = [np.concatenate([[0.0], np.frombuffer(r.read((k - 1) * h.width), dtype)]) for k in h.codebook_sizes]
     rows = []
     for e in h.quantized:
-        r.read(e.stream_bytes + e.raw_bytes)
-        rows.append(_quant_row(e, codebooks[e.codebook]))
+        positions = nonzero_positions(e, r.read(e.stream_bytes), r.read(e.raw_bytes))  # for the version-2 gap bound
+        rows.append(_quant_row(e, codebooks[e.codebook], positions))
     for d in h.dense:
-        nbytes = d.numel * h.dense_width(d)
-        values = dense_array(r.read(nbytes), h, d)
+        nbytes = h.dense_bytes(d)
+        values = dense_array(stored_bytes(r, h, d), h, d)
         unique = int(np.unique(values).size)
-        rows.append(TensorRow(d.name, d.shape, d.numel, int(np.count_nonzero(values)), unique, "raw", None,
-                              nbytes, 0, 0, d.header_bytes, float(nbytes), None, DTYPE_NAMES[d.dtype]))  # fmt: skip
+        entropy = sum(entropy_bits(t) for t in d.tables) / 8 + nbytes - d.stream_bytes
+        rows.append(TensorRow(d.name, d.shape, d.numel, int(np.count_nonzero(values)), unique,
+                              "planes" if d.planes else "raw", None, nbytes, 0, d.table_bytes, d.header_bytes,
+                              entropy, None, DTYPE_NAMES[d.dtype]))  # fmt: skip
     return _report(h, len(data), rows)
 
 
@@ -185,26 +266,37 @@ def _cell(text: str, width: int, column: int) -> str:
     return text.ljust(width) if column in (0, 1, 5) else text.rjust(width)  # names, shapes, layout: left
 
 
+def _bits(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+_HEAD = ("tensor", "shape", "numel", "nnz", "uniq", "layout", "pos B", "val B", "table", "bits/w",
+         "pos b/nz", "v2 gaps b/nz", "val b/nz", "H bytes")  # fmt: skip
+
+
+def _line(r: TensorRow) -> tuple[str, ...]:
+    shape = "x".join(map(str, r.shape)) or "scalar"
+    quantized = r.layout in LAYOUTS
+    sizes = (f"{r.positions_bytes:.0f}", f"{r.values_bytes:.0f}") if quantized else ("-", str(r.stream_bytes))
+    per_nz = (r.per_nonzero(r.positions_bytes), r.per_nonzero(r.gap_bound_bytes), r.per_nonzero(r.values_bytes))
+    return (r.name, shape, str(r.numel), str(r.nnz), str(r.unique), r.layout, *sizes, str(r.table_bytes),
+            f"{r.bits_per_weight:.3f}", *map(_bits, per_nz), f"{r.entropy_bytes:.1f}")  # fmt: skip
+
+
 def format_inspect(report: InspectReport) -> str:
-    """An aligned text table: one line per tensor, then the totals and rates."""
-    head = ("tensor", "shape", "numel", "nnz", "uniq", "layout", "stream", "raw", "table", "bits/w", "H bytes")
-    lines = [head]
-    for r in report.rows:
-        shape = "x".join(map(str, r.shape)) or "scalar"
-        counts = (r.numel, r.nnz, r.unique)
-        sizes = (r.stream_bytes, r.raw_bits_bytes, r.table_bytes)
-        bits = (f"{r.bits_per_weight:.3f}", f"{r.entropy_bytes:.1f}")
-        lines.append((r.name, shape, *map(str, counts), r.layout, *map(str, sizes), *bits))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    """An aligned text table: one line per tensor (positions and values in bytes and bits per non-zero, beside
+    the version-2 gaps at their i.i.d. entropy), then the file's bytes by component and the rates."""
+    lines = [_HEAD, *(_line(r) for r in report.rows)]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(_HEAD))]
     out = ["  ".join(_cell(c, w, i) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in lines]
     out.insert(1, "-" * len(out[0]))
-    rates = file_rates(report)
+    rates, parts = file_rates(report), report.components
     dtype = "float16" if report.float16 else "float32"
     out += [
         "",
         f"file {report.file_bytes} B = header {report.header_bytes} + meta {report.meta_bytes} + tables "
         f"{report.table_bytes} + codebooks {report.codebook_bytes} ({dtype}, sizes {report.codebook_sizes}) + "
-        f"streams {report.stream_bytes} + dense {report.dense_bytes}",
+        f"positions {parts['positions']:.0f} + values {parts['values']:.0f} + dense {report.dense_bytes}",
         f"entropy bound {report.entropy_bound_bytes:.1f} B (file / bound = {rates['file_over_entropy_bound']:.4f})",
         *[f"{alias} is stored once as {target} (the same tensor)" for alias, target in report.aliases.items()],
         f"CR_all {rates['cr_all']:.1f}x  CR_weights {rates['cr_weights']:.1f}x  "

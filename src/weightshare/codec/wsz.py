@@ -11,9 +11,9 @@ documented byte by byte in ``docs/format.md``.
 >>> idx = torch.zeros(100, 100, dtype=torch.int64); idx[::7, ::3] = 2
 >>> cb = torch.tensor([0.0, -0.1, 0.1])
 >>> q = QuantizedModel([cb], {"fc.weight": QuantizedTensor(idx)}, {"fc.bias": torch.ones(100)})
->>> data = encode(q)  # 400 of these bytes are the float32 bias
+>>> data = encode(q)  # the bias, 100 equal floats, costs only its four byte planes' tables
 >>> len(data), torch.equal(decode(data).quantized["fc.weight"].indices, idx)
-(485, True)
+(100, True)
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from weightshare.codec.ans import ans_decode, ans_encode, choose_gap_code, table_size
-from weightshare.codec.bitstream import Reader, unpack_bits
-from weightshare.codec.bitstream import pack_bits as _pack_bits
+from weightshare.codec.bitstream import Reader
 from weightshare.codec.container import (
     DENSE,
     DTYPE_NAMES,
     MAX_CODEBOOK,
     MAX_ELEMENTS,
-    SPARSE,
     DenseEntry,
     Header,
     QuantEntry,
@@ -43,6 +40,7 @@ from weightshare.codec.container import (
 )
 from weightshare.codec.container import write_file as _write_file
 from weightshare.codec.inspect import inspect
+from weightshare.codec.layouts import decode_indices, encode_indices, encode_planes, stored_bytes
 from weightshare.core.errors import FormatError
 from weightshare.core.io import atomic_write_bytes
 from weightshare.core.quantized import QuantizedModel, QuantizedTensor
@@ -90,39 +88,19 @@ def _dense_bytes(t: torch.Tensor, float16: bool, name: str) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def _dense_code(entry: QuantEntry, idx: np.ndarray) -> tuple[QuantEntry, list[bytes], int]:
-    counts = np.bincount(idx, minlength=1) if idx.size else np.zeros(0, dtype=np.int64)
-    stream = ans_encode([(idx, counts)])
-    entry.layout, entry.tables, entry.stream_bytes, entry.gap = DENSE, [counts], len(stream), None
-    return entry, [stream], len(stream) + table_size(counts)
-
-
-def _sparse_code(entry: QuantEntry, idx: np.ndarray) -> tuple[QuantEntry, list[bytes], int]:
-    nz = np.flatnonzero(idx)
-    gaps = np.diff(nz, prepend=-1) - 1  # zeros before each non-zero, row-major
-    code, _ = choose_gap_code(gaps)
-    sym, nbits, raw = code.symbols(gaps)
-    values = idx[nz] - 1  # index 0 never occurs among the non-zeros
-    gap_counts, idx_counts = np.bincount(sym), np.bincount(values)
-    stream, raw_bytes = ans_encode([(sym, gap_counts), (values, idx_counts)]), _pack_bits(raw, nbits)
-    entry.layout, entry.tables, entry.stream_bytes, entry.gap = SPARSE, [gap_counts, idx_counts], len(stream), code
-    cost = len(stream) + len(raw_bytes) + table_size(gap_counts) + table_size(idx_counts)
-    return entry, [stream, raw_bytes], cost
-
-
-def _encode_tensor(name: str, qt: QuantizedTensor, k: int) -> tuple[QuantEntry, list[bytes]]:
-    """Both layouts, keep the smaller (dense on a tie, so the choice is deterministic)."""
-    if qt.numel > MAX_ELEMENTS:
-        raise ValueError(f"{name}: {qt.numel} elements, the format's limit is {MAX_ELEMENTS}")
+def _encode_tensor(name: str, qt: QuantizedTensor) -> tuple[QuantEntry, list[bytes]]:
     idx = qt.indices.detach().cpu().reshape(-1).numpy().astype(np.int64, copy=False)
-    dtype = _dtype_code(qt.dtype, name)
-    base = QuantEntry(name, qt.shape, qt.codebook, DENSE, [], 0, dtype=dtype)
-    best = _dense_code(base, idx)
-    if idx.size:
-        sparse = _sparse_code(QuantEntry(name, qt.shape, qt.codebook, SPARSE, [], 0, dtype=dtype), idx)
-        if sparse[2] < best[2]:
-            best = sparse
-    return best[0], best[1]
+    entry = QuantEntry(name, qt.shape, qt.codebook, DENSE, [], 0, dtype=_dtype_code(qt.dtype, name))
+    return encode_indices(entry, idx)
+
+
+def _encode_dense(name: str, t: torch.Tensor, float16: bool) -> tuple[DenseEntry, bytes]:
+    """Raw, or some byte planes ANS-coded when that is smaller (lossless either way)."""
+    stored = _dense_bytes(t, float16, name)
+    entry = DenseEntry(name, tuple(t.shape), dtype=_dtype_code(t.dtype, name))
+    code = encode_planes(stored, len(stored) // t.numel() if t.numel() else 1)
+    entry.planes, entry.tables, entry.stream_bytes = code.planes, code.tables, len(code.stream)
+    return entry, code.body
 
 
 def _json_default(obj: object) -> object:
@@ -142,13 +120,14 @@ def encode(qmodel: QuantizedModel, *, float16: bool = False) -> bytes:
     body = [_float_bytes(cb[1:].numpy(), float16, f"codebook {i}") for i, cb in enumerate(qmodel.codebooks)]
     quantized = []
     for name, qt in qmodel.quantized.items():
-        entry, parts = _encode_tensor(name, qt, qmodel.codebooks[qt.codebook].numel())
+        entry, parts = _encode_tensor(name, qt)
         quantized.append(entry)
         body += parts
     dense = []
     for name, t in qmodel.dense.items():
-        dense.append(DenseEntry(name, tuple(t.shape), dtype=_dtype_code(t.dtype, name)))
-        body.append(_dense_bytes(t, float16, name))
+        entry, data = _encode_dense(name, t, float16)
+        dense.append(entry)
+        body.append(data)
     if sum(e.numel for e in quantized) + sum(e.numel for e in dense) > MAX_ELEMENTS:
         raise ValueError(f"more than {MAX_ELEMENTS} elements in total")
     meta = _plain_meta(qmodel.meta)
@@ -171,20 +150,6 @@ def _read_floats(r: Reader, n: int, float16: bool) -> np.ndarray:
     return np.frombuffer(r.read(n * np.dtype(dtype).itemsize), dtype=dtype).astype(np.float32)
 
 
-def _decode_tensor(e: QuantEntry, stream: bytes, raw: bytes) -> np.ndarray:
-    if e.layout == DENSE:
-        return ans_decode(stream, e.tables)[0]
-    assert e.gap is not None
-    sym, values = ans_decode(stream, e.tables)
-    gaps = e.gap.gaps(sym, lambda nbits: unpack_bits(raw, nbits))
-    positions = np.cumsum(gaps + 1) - 1
-    out = np.zeros(e.numel, dtype=np.int64)
-    if positions.size and positions[-1] >= e.numel:
-        raise FormatError(f"{e.name}: non-zero position {int(positions[-1])} beyond {e.numel} elements")
-    out[positions] = values + 1
-    return out
-
-
 def decode(data: bytes) -> QuantizedModel:
     """Rebuild the :class:`QuantizedModel` from ``.wsz`` bytes; any defect raises :class:`FormatError`."""
     h = parse_header(data)
@@ -197,10 +162,10 @@ def decode(data: bytes) -> QuantizedModel:
         codebooks.append(torch.from_numpy(cb))
     quantized = {}
     for e in h.quantized:
-        idx = _decode_tensor(e, r.read(e.stream_bytes), r.read(e.raw_bytes))
+        idx = decode_indices(e, r.read(e.stream_bytes), r.read(e.raw_bytes))
         dtype = _TORCH_DTYPES[e.dtype]
         quantized[e.name] = QuantizedTensor(torch.from_numpy(idx).reshape(e.shape), e.codebook, dtype)
-    dense = {e.name: _dense_tensor(r.read(e.numel * h.dense_width(e)), h, e) for e in h.dense}
+    dense = {e.name: _dense_tensor(stored_bytes(r, h, e), h, e) for e in h.dense}
     # Every invariant holds by construction (indices come from tables no larger than their codebook,
     # codebooks were checked above, names are unique, aliases point at entries), so skip
     # QuantizedModel's O(#weights) re-checks.

@@ -181,7 +181,8 @@ def _file_section(inspected: InspectReport) -> dict[str, Any]:
     rates |= {"num_weights": weights["num_quantized"], "weights_bytes": weights["weights_bytes"],
               "cr_weights": weights["cr_weights"]}  # fmt: skip
     sizes = {"path": COMPRESSED.path, "bytes": inspected.file_bytes, "dense_float32_bytes": 4 * rates["num_params"]}
-    return sizes | rates | {"entropy_bound_bytes": inspected.entropy_bound_bytes}
+    components = {"components": inspected.components}  # header, codebooks, tables, positions, values, dense
+    return sizes | rates | {"entropy_bound_bytes": inspected.entropy_bound_bytes} | components
 
 
 def _weights_view(inspected: InspectReport) -> InspectReport:
@@ -236,6 +237,9 @@ def _layers(qmodel: QuantizedModel, inspected: InspectReport, paper: PaperStyleR
             "file_bytes": row.total_bytes + row.header_bytes,
             "bits_per_weight": row.bits_per_weight,
             "entropy_bound_bytes": row.entropy_bytes,
+            "positions_bytes": row.positions_bytes,
+            "values_bytes": row.values_bytes,
+            "gap_bound_bytes": row.gap_bound_bytes,
             "paper_style_bits_per_weight": paper_bits.get(entry["name"], 0.0) / max(entry["numel"], 1),
         })  # fmt: skip
     return out
