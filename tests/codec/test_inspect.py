@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from weightshare.codec import encode, format_inspect, inspect
+from weightshare.codec import encode, file_rates, format_inspect, inspect
 from weightshare.codec.ans import entropy_bits
 from weightshare.codec.inspect import gap_bound_bits
-from weightshare.core.quantized import QuantizedModel, QuantizedTensor
+from weightshare.core.quantized import NOT_WEIGHTS, QuantizedModel, QuantizedTensor
 
 
 def pruned_model() -> QuantizedModel:
@@ -30,7 +30,7 @@ def test_components_add_up_to_the_file() -> None:
     parts = report.components
     assert sum(parts.values()) == pytest.approx(len(data))
     assert parts["header"] == report.header_bytes + report.meta_bytes and parts["codebooks"] == 4 * 8
-    assert parts["dense"] == report.rows[2].stream_bytes and report.rows[2].layout == "planes"
+    assert parts["biases"] == report.rows[2].stream_bytes and report.rows[2].layout == "planes"
     assert report.to_dict()["components"] == parts
     fc1, fc2 = report.rows[:2]
     assert (fc1.layout, fc2.layout) == ("structured", "dense")
@@ -69,4 +69,27 @@ def test_the_table_shows_both_and_the_components() -> None:
     assert cells[10:13] == [f"{fc1.per_nonzero(b):.2f}" for b in (fc1.positions_bytes, fc1.gap_bound_bytes,
                                                                    fc1.values_bytes)]  # fmt: skip
     parts = report.components
-    assert f"positions {parts['positions']:.0f} + values {parts['values']:.0f} + dense {parts['dense']}" in lines[6]
+    shown = f"positions {parts['positions']:.0f} + values {parts['values']:.0f} + biases {parts['biases']:.0f}"
+    assert shown in lines[6]
+
+
+def test_biases_quantized_after_the_method_count_as_biases_not_weights() -> None:
+    q = pruned_model()
+    bias_index = torch.arange(120) % 4  # a bias quantized into a 4-entry codebook of its own
+    quantized = dict(q.quantized) | {"fc1.bias": QuantizedTensor(bias_index, codebook=1)}
+    codebooks = [*q.codebooks, torch.tensor([0.0, -0.1, 0.05, 0.1])]
+    biased = QuantizedModel(codebooks, quantized, {}, {NOT_WEIGHTS: ["fc1.bias"]})
+    as_weight = QuantizedModel(codebooks, quantized, {})  # the same file without the meta's list
+    listed, plain = inspect(encode(biased)), inspect(encode(as_weight))
+    assert [r.name for r in listed.weights] == ["fc1.weight", "fc2.weight"] and len(plain.weights) == 3
+    bias_row = next(r for r in listed.rows if r.name == "fc1.bias")
+    assert listed.components["biases"] == bias_row.stream_bytes + bias_row.raw_bits_bytes
+    assert listed.components["positions"] == pytest.approx(plain.components["positions"] - bias_row.positions_bytes)
+    rates, plain_rates = file_rates(listed), file_rates(plain)
+    assert rates["num_weights"] == 120 * 400 + 10 * 120 == plain_rates["num_weights"] - 120
+    assert rates["num_quantized"] == plain_rates["num_quantized"]  # the file's own count: every quantized value
+    # the bias's bytes and its codebook (3 stored floats of 11) leave the weights' share
+    codebook_share = listed.codebook_bytes * 8 / 11
+    weights = sum(r.total_bytes + r.header_bytes for r in listed.weights) + codebook_share
+    assert weights < rates["weights_bytes"] < weights + listed.header_bytes + listed.meta_bytes
+    assert rates["cr_weights"] == pytest.approx(4 * rates["num_weights"] / rates["weights_bytes"])

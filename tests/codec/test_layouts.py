@@ -111,4 +111,4 @@ def test_dense_tensors_travel_as_planes_in_the_file() -> None:
     back = decode(data)
     for name, t in dense.items():
         assert torch.equal(back.dense[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), name
-    assert inspect(data).components["dense"] == sum(r.stream_bytes for r in rows.values())
+    assert inspect(data).components["biases"] == sum(r.stream_bytes for r in rows.values())

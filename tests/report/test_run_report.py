@@ -277,7 +277,7 @@ def test_the_file_section_names_its_components_and_each_layer_its_positions_and_
     q = _mixed_model()
     report = build_report(_run(tmp_path, q), errors=ERRORS)
     parts = report["file"]["components"]
-    assert list(parts) == ["header", "codebooks", "tables", "positions", "values", "dense"]
+    assert list(parts) == ["header", "codebooks", "tables", "positions", "values", "biases"]
     assert sum(parts.values()) == pytest.approx(report["file"]["bytes"])
     assert parts["codebooks"] == 4 * (8 + 4)  # two float32 codebooks of 9 and 5 entries, zeros implicit
     layers = {row["name"]: row for row in report["layers"]}

@@ -26,6 +26,7 @@ from weightshare.codec.container import (
     parse_header,
 )
 from weightshare.codec.layouts import nonzero_positions, stored_bytes
+from weightshare.core.quantized import NOT_WEIGHTS
 
 __all__ = ["InspectReport", "TensorRow", "file_rates", "format_inspect", "gap_bound_bits", "inspect"]
 
@@ -92,6 +93,13 @@ class InspectReport:
         return [r for r in self.rows if r.layout in LAYOUTS]
 
     @property
+    def weights(self) -> list[TensorRow]:
+        """The quantized weights: the quantized tensors but those the meta lists as quantized after the method
+        (biases, norms; ``NOT_WEIGHTS`` in core/quantized.py), which count with the biases."""
+        after = set(self.meta.get(NOT_WEIGHTS) or ())
+        return [r for r in self.quantized if r.name not in after]
+
+    @property
     def num_params(self) -> int:
         """Floating-point elements: what a float32 copy of the model would hold (integer and bool
         buffers, such as BatchNorm's ``num_batches_tracked``, are not parameters)."""
@@ -112,15 +120,19 @@ class InspectReport:
 
     @property
     def components(self) -> dict[str, float]:
-        """The file's bytes by what they hold; they add up to ``file_bytes`` (positions and values split
-        each tensor's coded bytes by information content, :func:`_split`)."""
+        """The file's bytes by what they hold; they add up to ``file_bytes``. ``positions`` and ``values`` are
+        the quantized weights' (each tensor's coded bytes split by information content, :func:`_split`);
+        ``biases`` is every tensor that is not a weight: biases and norms, quantized or stored exactly, and
+        buffers (their count tables are under ``tables``)."""
+        weights = self.weights
+        others = sum(r.stream_bytes + r.raw_bits_bytes for r in self.quantized if r not in weights)
         return {
             "header": self.header_bytes + self.meta_bytes,
             "codebooks": self.codebook_bytes,
             "tables": self.table_bytes,
-            "positions": sum(r.positions_bytes for r in self.quantized),
-            "values": sum(r.values_bytes for r in self.quantized),
-            "dense": self.dense_bytes,
+            "positions": sum(r.positions_bytes for r in weights),
+            "values": sum(r.values_bytes for r in weights),
+            "biases": others + self.dense_bytes,
         }
 
     @property
@@ -241,25 +253,36 @@ def _report(h: Header, file_bytes: int, rows: list[TensorRow]) -> InspectReport:
 def file_rates(report: InspectReport) -> dict[str, float]:
     """Compression rates from the file's bytes (docs/methods.md#accounting-file).
 
-    ``cr_all`` = 32 * #params / (8 * file bytes). ``cr_weights`` counts only the quantized tensors:
-    their streams and tables, all codebooks, their own header entries, and a share of the common
-    header (prefix, names, counts, meta) in proportion to their number of tensors.
+    ``cr_all`` = 32 * #params / (8 * file bytes). ``cr_weights`` counts only the quantized weights (not
+    the biases quantized after the method, :attr:`InspectReport.weights`): their streams and tables, the
+    codebooks they use, their own header entries, and a share of the common header (prefix, names,
+    counts, meta) in proportion to their number of tensors.
     """
     own = sum(r.header_bytes for r in report.rows)
     common = report.header_bytes + report.meta_bytes - own
-    q = report.quantized
-    share = common * len(q) / len(report.rows) if report.rows else float(common)
-    weights_bytes = sum(r.total_bytes + r.header_bytes for r in q) + report.codebook_bytes + share
+    weights = report.weights
+    share = common * len(weights) / len(report.rows) if report.rows else float(common)
+    weights_bytes = sum(r.total_bytes + r.header_bytes for r in weights) + _codebook_share(report, weights) + share
+    num_weights = sum(r.numel for r in weights)
     return {
         "file_bytes": report.file_bytes,
         "num_params": report.num_params,
         "num_quantized": report.num_quantized,
+        "num_weights": num_weights,
         "weights_bytes": weights_bytes,
         "cr_all": 4 * report.num_params / report.file_bytes,
-        "cr_weights": 4 * report.num_quantized / weights_bytes if weights_bytes else math.inf,
+        "cr_weights": 4 * num_weights / weights_bytes if weights_bytes else math.inf,
         "bits_per_weight_all": 8 * report.file_bytes / report.num_params if report.num_params else 0.0,
         "file_over_entropy_bound": report.file_bytes / report.entropy_bound_bytes,
     }
+
+
+def _codebook_share(report: InspectReport, rows: list[TensorRow]) -> float:
+    """The bytes of the codebooks these tensors use (all stored values have the same width)."""
+    used = {r.codebook for r in rows}
+    entries = [k - 1 for k in report.codebook_sizes]  # entry 0, the zero, is not stored
+    kept = sum(n for i, n in enumerate(entries) if i in used)
+    return report.codebook_bytes * kept / max(sum(entries), 1)
 
 
 def _cell(text: str, width: int, column: int) -> str:
@@ -296,11 +319,11 @@ def format_inspect(report: InspectReport) -> str:
         "",
         f"file {report.file_bytes} B = header {report.header_bytes} + meta {report.meta_bytes} + tables "
         f"{report.table_bytes} + codebooks {report.codebook_bytes} ({dtype}, sizes {report.codebook_sizes}) + "
-        f"positions {parts['positions']:.0f} + values {parts['values']:.0f} + dense {report.dense_bytes}",
+        f"positions {parts['positions']:.0f} + values {parts['values']:.0f} + biases {parts['biases']:.0f}",
         f"entropy bound {report.entropy_bound_bytes:.1f} B (file / bound = {rates['file_over_entropy_bound']:.4f})",
         *[f"{alias} is stored once as {target} (the same tensor)" for alias, target in report.aliases.items()],
         f"CR_all {rates['cr_all']:.1f}x  CR_weights {rates['cr_weights']:.1f}x  "
-        f"({report.num_params} params, {report.num_quantized} quantized, "
+        f"({report.num_params} params, {rates['num_weights']} quantized weights, "
         f"{rates['bits_per_weight_all']:.4f} bits/param)",
     ]
     return "\n".join(out)

@@ -11,7 +11,6 @@ weights only and for weights + biases (docs/methods.md#accounting-paper-style).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 from weightshare.codec import InspectReport, decode, file_rates, inspect
 from weightshare.core.errors import DependencyError, FormatError, MismatchError, RunDirError
 from weightshare.core.io import write_json
-from weightshare.core.quantized import NOT_WEIGHTS, QuantizedModel, load_quantized
+from weightshare.core.quantized import QuantizedModel, load_quantized
 from weightshare.export import dense_bytes, onnx_bytes, safetensors_bytes
 from weightshare.report.accounting import (
     PaperStyleReport,
@@ -176,27 +175,10 @@ def _values_only(qmodel: QuantizedModel) -> dict[str, Any]:
 def _file_section(inspected: InspectReport) -> dict[str, Any]:
     """The file's size and rates, all read from its bytes; the weights-only rate leaves out the parameters
     quantized after the method (biases, norms), as every "weights only" figure does."""
-    rates = file_rates(inspected)
-    weights = file_rates(_weights_view(inspected))
-    rates |= {"num_weights": weights["num_quantized"], "weights_bytes": weights["weights_bytes"],
-              "cr_weights": weights["cr_weights"]}  # fmt: skip
+    rates = file_rates(inspected)  # cr_weights: the quantized weights only, not biases quantized after the method
     sizes = {"path": COMPRESSED.path, "bytes": inspected.file_bytes, "dense_float32_bytes": 4 * rates["num_params"]}
-    components = {"components": inspected.components}  # header, codebooks, tables, positions, values, dense
+    components = {"components": inspected.components}  # header, codebooks, tables, positions, values, biases
     return sizes | rates | {"entropy_bound_bytes": inspected.entropy_bound_bytes} | components
-
-
-def _weights_view(inspected: InspectReport) -> InspectReport:
-    """The file as "weights only" sees it: the tensors its meta lists as quantized after the method (biases,
-    norms; core/quantized.py) among the dense ones, and their codebooks' share of the codebook bytes with them."""
-    after = set(inspected.meta.get(NOT_WEIGHTS) or ())
-    if not after:
-        return inspected
-    rows = [replace(r, layout="raw") if r.name in after else r for r in inspected.rows]
-    used = {r.codebook for r in rows if r.layout != "raw"}
-    entries = [k - 1 for k in inspected.codebook_sizes]  # entry 0, the zero, is not stored
-    kept = sum(n for i, n in enumerate(entries) if i in used)
-    codebook_bytes = inspected.codebook_bytes * kept / max(sum(entries), 1)
-    return replace(inspected, rows=rows, codebook_bytes=codebook_bytes)
 
 
 def _rates(report: PaperStyleReport, accounting: str) -> dict[str, Any]:
