@@ -19,13 +19,17 @@ def test_lenet5_preset_is_a_whole_recipe():
     assert (cfg.train.epochs, cfg.train.lr_schedule) == (100, "cosine")
 
 
-def test_lenet300_preset_resolves_to_the_settings_it_always_had():
+def test_lenet300_preset_is_the_searched_recipe():
     cfg = SWSConfig.preset("lenet300")
     expected = dataclasses.replace(
-        SWSConfig(), tau=3e-2, lr_w=1e-3, train=TrainConfig(epochs=100, lr_schedule="cosine")
+        SWSConfig(),
+        tau=3.76e-2,
+        lr_w=1.35e-3,
+        train=TrainConfig(epochs=100, lr_schedule="cosine"),
+        finish=FinishConfig(remove_dead=True, dense_param_bits=4),
     )
     assert cfg == expected
-    assert cfg.data == DataOverrides() and cfg.finish == FinishConfig(remove_dead=True)
+    assert cfg.data == DataOverrides()
 
 
 def test_finish_settings_live_in_the_finish_section_only():
