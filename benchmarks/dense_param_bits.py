@@ -1,7 +1,7 @@
 """What quantizing the biases costs and saves: a finished run re-finished with ``[finish] dense_param_bits``.
 
-    OMP_NUM_THREADS=1 python benchmarks/dense_param_bits.py /work/nw/lenet300-sws --out-dir runs/densebits \\
-        --bits 0 3 4 5 6 --codebook-epochs 0 3 --data-dir /work/shared/data
+    OMP_NUM_THREADS=1 python benchmarks/dense_param_bits.py runs/lenet300-sws --out-dir runs/densebits \\
+        --bits 0 3 4 5 6 --codebook-epochs 0 3 --data-dir ../shared/data
 
 Starts from the run's ``quantized.safetensors`` (the QuantizedModel its file was written
 from: the method's hard assignment after the run's own finish; it must be one without

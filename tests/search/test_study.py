@@ -9,7 +9,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from weightshare.core.errors import MismatchError, TrainingDiverged  # noqa: E402
+from weightshare.core.errors import MismatchError, RunDirError, TrainingDiverged  # noqa: E402
 from weightshare.runs.rundir import RunDir  # noqa: E402
 from weightshare.search import study as study_module  # noqa: E402
 from weightshare.search.config import TuneConfig  # noqa: E402
@@ -67,6 +67,37 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(pretrained, quick_dc, 
     errors = {t.number: t.user_attrs.get("error") for t in study.get_trials()}
     assert errors == {0: None, 1: "TrainingDiverged: the loss became nan in epoch 1", 2: "RuntimeError: a bug", 3: None}
     assert {row["trial"] for row in result["pareto"]} <= {0, 3}
+
+
+def test_a_trial_left_running_by_a_stopped_command_is_failed_and_replaced(pretrained, quick_dc, tmp_path):
+    study_dir = tmp_path / "study"
+    tune(pretrained, quick_dc, study_dir, TuneConfig(trials=1), progress=False)
+    study = load_study(prepare_study(pretrained, quick_dc, study_dir, TuneConfig(trials=1)))
+    study.ask()  # what a worker killed mid-trial leaves in the journal: trial 1, RUNNING for ever
+    result = tune(pretrained, quick_dc, study_dir, TuneConfig(trials=3), progress=False)
+    states = {t.number: (t.state.name, t.user_attrs.get("error")) for t in load_study(
+        prepare_study(pretrained, quick_dc, study_dir, TuneConfig(trials=3))).get_trials()}  # fmt: skip
+    assert states == {
+        0: ("COMPLETE", None),
+        1: ("FAIL", "interrupted: the command running it was stopped"),
+        2: ("COMPLETE", None),
+    }
+    assert result["counts"] == {"complete": 2, "pruned": 0, "fail": 1}
+
+
+def test_a_second_command_on_the_same_study_directory_is_refused(pretrained, quick_dc, tmp_path):
+    import fcntl
+
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    with open(study_dir / ".lock", "w") as other:  # another process's claim
+        other.write("4242")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = f"another weightshare process \\(pid 4242\\) is writing into {study_dir}"
+        with pytest.raises(RunDirError, match=refused):
+            tune(pretrained, quick_dc, study_dir, TuneConfig(trials=1), progress=False)
+    assert sorted(p.name for p in study_dir.iterdir()) == [".lock"]  # nothing written
 
 
 def _fake_compress(val_errors, nbytes, test_errors):

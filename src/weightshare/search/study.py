@@ -82,14 +82,34 @@ def prepare_study(
     check_space(config, space, f"{config.method} search space")
     spec = StudySpec(str(Path(source).resolve()), _with_validation(config, source_run, settings), dict(space),
                      str(Path(study_dir).resolve()), settings)  # fmt: skip
+    if settings.storage is None:  # the journal's workers are this command's: one command per study directory
+        RunDir(spec.study_dir).claim()
     Path(spec.study_dir, TRIALS).mkdir(parents=True, exist_ok=True)
     _record_study(spec)
+    storage = open_storage(spec)
     study = optuna.create_study(
-        study_name=spec.study_name, storage=open_storage(spec), directions=spec.directions, load_if_exists=True
+        study_name=spec.study_name, storage=storage, directions=spec.directions, load_if_exists=True
     )
     if [d.name.lower() for d in study.directions] != spec.directions:
         raise MismatchError(f"study {spec.study_name!r} in {describe_storage(spec)} has other objectives")
+    if settings.storage is None:
+        fail_interrupted(study, storage)
     return spec
+
+
+def fail_interrupted(study: Any, storage: Any) -> int:
+    """Mark failed the trials an earlier, stopped command left running; returns how many.
+
+    A journal file has no heartbeat, so a killed worker's trial would stay RUNNING for ever, count
+    against ``--trials`` in every worker's stop check, and never be retried. Only called with the study
+    directory claimed, so no live worker is running any trial of this journal.
+    """
+    optuna = require_optuna()
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+    for trial in stale:  # FrozenTrial keeps its storage id private; Optuna's own fail_stale_trials uses it too
+        storage.set_trial_user_attr(trial._trial_id, "error", "interrupted: the command running it was stopped")
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)
 
 
 def require_optuna() -> Any:
