@@ -83,7 +83,11 @@ def test_biases_quantized_after_the_method_count_as_biases_not_weights() -> None
     listed, plain = inspect(encode(biased)), inspect(encode(as_weight))
     assert [r.name for r in listed.weights] == ["fc1.weight", "fc2.weight"] and len(plain.weights) == 3
     bias_row = next(r for r in listed.rows if r.name == "fc1.bias")
-    assert listed.components["biases"] == bias_row.stream_bytes + bias_row.raw_bits_bytes
+    bias_codebook = 3 * 4  # its 3 stored float32 values (the zero is implicit)
+    assert listed.components["biases"] == bias_row.stream_bytes + bias_row.raw_bits_bytes + bias_codebook
+    assert listed.components["codebooks"] == listed.codebook_bytes - bias_codebook == 8 * 4
+    assert sum(listed.components.values()) == pytest.approx(listed.file_bytes)
+    assert "biases" in format_inspect(listed) and "(their codebooks included)" in format_inspect(listed)
     assert listed.components["positions"] == pytest.approx(plain.components["positions"] - bias_row.positions_bytes)
     rates, plain_rates = file_rates(listed), file_rates(plain)
     assert rates["num_weights"] == 120 * 400 + 10 * 120 == plain_rates["num_weights"] - 120

@@ -122,17 +122,19 @@ class InspectReport:
     def components(self) -> dict[str, float]:
         """The file's bytes by what they hold; they add up to ``file_bytes``. ``positions`` and ``values`` are
         the quantized weights' (each tensor's coded bytes split by information content, :func:`_split`);
-        ``biases`` is every tensor that is not a weight: biases and norms, quantized or stored exactly, and
-        buffers (their count tables are under ``tables``)."""
+        ``codebooks`` are the weights' codebooks; ``biases`` is every tensor that is not a weight: biases and
+        norms, quantized (with their own codebooks) or stored exactly, and buffers (their count tables are under
+        ``tables``)."""
         weights = self.weights
         others = sum(r.stream_bytes + r.raw_bits_bytes for r in self.quantized if r not in weights)
+        codebooks = _codebook_share(self, weights) if len(weights) < len(self.quantized) else self.codebook_bytes
         return {
             "header": self.header_bytes + self.meta_bytes,
-            "codebooks": self.codebook_bytes,
+            "codebooks": codebooks,
             "tables": self.table_bytes,
             "positions": sum(r.positions_bytes for r in weights),
             "values": sum(r.values_bytes for r in weights),
-            "biases": others + self.dense_bytes,
+            "biases": others + self.codebook_bytes - codebooks + self.dense_bytes,
         }
 
     @property
@@ -318,8 +320,9 @@ def format_inspect(report: InspectReport) -> str:
     out += [
         "",
         f"file {report.file_bytes} B = header {report.header_bytes} + meta {report.meta_bytes} + tables "
-        f"{report.table_bytes} + codebooks {report.codebook_bytes} ({dtype}, sizes {report.codebook_sizes}) + "
-        f"positions {parts['positions']:.0f} + values {parts['values']:.0f} + biases {parts['biases']:.0f}",
+        f"{report.table_bytes} + codebooks {parts['codebooks']:.0f} ({dtype}, sizes {report.codebook_sizes}) + "
+        f"positions {parts['positions']:.0f} + values {parts['values']:.0f} + biases {parts['biases']:.0f}"
+        + (" (their codebooks included)" if parts["codebooks"] != report.codebook_bytes else ""),
         f"entropy bound {report.entropy_bound_bytes:.1f} B (file / bound = {rates['file_over_entropy_bound']:.4f})",
         *[f"{alias} is stored once as {target} (the same tensor)" for alias, target in report.aliases.items()],
         f"CR_all {rates['cr_all']:.1f}x  CR_weights {rates['cr_weights']:.1f}x  "
