@@ -32,6 +32,7 @@ None and every stage runs exactly as in one process. How the pieces keep N proce
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -207,4 +208,9 @@ def session() -> Iterator[Distributed | None]:
         torch_dist.barrier()
     finally:
         if created:
+            # DDP wrappers hold the group and sit in reference cycles; freed only at interpreter shutdown, the
+            # gloo group's worker threads drop their tensors without a live interpreter and the process aborts
+            # ("terminate called without an active exception", seen once in a loaded test run after every
+            # result was written). Collect them now, then leave the group.
+            gc.collect()
             torch_dist.destroy_process_group()
