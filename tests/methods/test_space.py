@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from weightshare.core.errors import ConfigError
@@ -77,3 +79,21 @@ def test_bad_space_files_fail_with_one_line_naming_the_file_and_table(tmp_path, 
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         space_from_toml(path, {})
+
+
+SPACES = sorted((Path(__file__).parents[2] / "benchmarks" / "spaces").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_the_benchmark_spaces_are_valid_for_their_preset(path):
+    method, model = path.stem.split("-")  # sws-lenet300.toml: for `weightshare tune sws --preset lenet300`
+    config = CONFIGS[method].preset(model)
+    space = space_from_toml(path, config.search_space)
+    check_space(config, space, str(path))
+    assert len(space_to_dict(space)) >= 1 and sum(len(r) for r in space.values()) == {"sws": 2, "dc": 3}[method]
+
+
+def test_the_spaces_results_names_are_there():
+    results = (Path(__file__).parents[2] / "benchmarks" / "RESULTS.md").read_text()
+    named = {p.stem for p in SPACES if f"benchmarks/spaces/{p.name}" in results}
+    assert named == {"dc-lenet300", "sws-lenet300"}
