@@ -50,6 +50,20 @@ def test_running_again_continues_the_study_and_another_recipe_is_refused(pretrai
         tune(pretrained, other, study_dir, TuneConfig(trials=4), progress=False)
 
 
+def test_a_study_recorded_before_a_setting_existed_continues_and_a_change_is_named(pretrained, quick_dc, tmp_path):
+    study_dir = tmp_path / "study"
+    spec = prepare_study(pretrained, quick_dc, study_dir, TuneConfig(trials=1))
+    record = json.loads((study_dir / "study.json").read_text())
+    del record["recipe"]["finish"]["dense_param_bits"]  # what a version without that setting recorded
+    (study_dir / "study.json").write_text(json.dumps(record))
+    assert prepare_study(pretrained, quick_dc, study_dir, TuneConfig(trials=1)).study_name == spec.study_name
+    other = quick_dc.updated({"finish": {"dense_param_bits": 4}, "train": {"weight_decay": 1e-4}})
+    with pytest.raises(MismatchError) as refused:
+        prepare_study(pretrained, other, study_dir, TuneConfig(trials=1))
+    assert f"weight_decay {quick_dc.train.weight_decay!r} -> 0.0001" in str(refused.value)
+    assert "finish.dense_param_bits 0 -> 4" in str(refused.value)
+
+
 def test_failed_trials_are_recorded_and_the_study_goes_on(pretrained, quick_dc, tmp_path, monkeypatch):
     real = study_module.compress
 

@@ -145,13 +145,39 @@ def _record_study(spec: StudySpec) -> None:
     path = Path(spec.study_dir, STUDY_RECORD)
     if path.is_file():
         stored = json.loads(path.read_text())
-        changed = [key for key in record if stored.get(key) != json.loads(json.dumps(record[key]))]
-        if changed:
+        changed = [key for key in record if key != "recipe" and stored.get(key) != json.loads(json.dumps(record[key]))]
+        settings = recipe_changes(spec.config, stored.get("recipe") or {})
+        parts = [f"its {', '.join(changed)} differ"] if changed else []
+        if settings:
+            parts.append(f"its recipe differs: {'; '.join(settings[:3])}{'; ...' if len(settings) > 3 else ''}")
+        if parts:
             raise MismatchError(
-                f"{path} records another study (its {', '.join(changed)} differ); use another --study-dir to start one"
+                f"{path} records another study ({'; '.join(parts)}); use another --study-dir to start one"
             )
         return
     write_json(path, record)
+
+
+def recipe_changes(config: MethodConfig, stored: dict[str, dict[str, Any]]) -> list[str]:
+    """The settings of ``config`` that differ from a recorded recipe, as ``section.key recorded -> now``.
+
+    A setting the record lacks (one a later version of weightshare added) counts as its default, so
+    upgrading does not orphan a study whose recipe did not change.
+    """
+    now, defaults = (json.loads(json.dumps(c.sections())) for c in (config, type(config)()))
+    changes = []
+    for section, values in now.items():
+        for key, value in values.items():
+            before = stored.get(section, {}).get(key, defaults.get(section, {}).get(key))
+            if before != value:
+                changes.append(f"{section}.{key} {before!r} -> {value!r}")
+    gone = [
+        f"{section}.{key} recorded, no longer a setting"
+        for section, values in stored.items()
+        for key in values
+        if key not in now.get(section, {})
+    ]
+    return changes + gone
 
 
 def open_storage(spec: StudySpec) -> Any:
