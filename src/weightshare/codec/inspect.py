@@ -119,6 +119,16 @@ class InspectReport:
         return sum(r.stream_bytes for r in self.rows if r.layout not in LAYOUTS)
 
     @property
+    def weights_codebook_bytes(self) -> int:
+        """Every codebook but those that only the biases quantized after the method use (all stored values
+        have the same width)."""
+        weights = self.weights
+        biases_only = {r.codebook for r in self.quantized} - {r.codebook for r in weights}
+        entries = [k - 1 for k in self.codebook_sizes]  # entry 0, the zero, is not stored
+        width = self.codebook_bytes // max(sum(entries), 1)  # 4 bytes a value, 2 with the float16 flag
+        return self.codebook_bytes - width * sum(n for i, n in enumerate(entries) if i in biases_only)
+
+    @property
     def components(self) -> dict[str, float]:
         """The file's bytes by what they hold; they add up to ``file_bytes``. ``positions`` and ``values`` are
         the quantized weights' (each tensor's coded bytes split by information content, :func:`_split`);
@@ -126,8 +136,10 @@ class InspectReport:
         norms, quantized (with their own codebooks) or stored exactly, and buffers (their count tables are under
         ``tables``)."""
         weights = self.weights
-        others = sum(r.stream_bytes + r.raw_bits_bytes for r in self.quantized if r not in weights)
-        codebooks = _codebook_share(self, weights) if len(weights) < len(self.quantized) else self.codebook_bytes
+        others = sum(r.stream_bytes + r.raw_bits_bytes for r in self.quantized) - sum(
+            r.stream_bytes + r.raw_bits_bytes for r in weights
+        )
+        codebooks = self.weights_codebook_bytes
         return {
             "header": self.header_bytes + self.meta_bytes,
             "codebooks": codebooks,
@@ -264,7 +276,7 @@ def file_rates(report: InspectReport) -> dict[str, float]:
     common = report.header_bytes + report.meta_bytes - own
     weights = report.weights
     share = common * len(weights) / len(report.rows) if report.rows else float(common)
-    weights_bytes = sum(r.total_bytes + r.header_bytes for r in weights) + _codebook_share(report, weights) + share
+    weights_bytes = sum(r.total_bytes + r.header_bytes for r in weights) + report.weights_codebook_bytes + share
     num_weights = sum(r.numel for r in weights)
     return {
         "file_bytes": report.file_bytes,
@@ -277,14 +289,6 @@ def file_rates(report: InspectReport) -> dict[str, float]:
         "bits_per_weight_all": 8 * report.file_bytes / report.num_params if report.num_params else 0.0,
         "file_over_entropy_bound": report.file_bytes / report.entropy_bound_bytes,
     }
-
-
-def _codebook_share(report: InspectReport, rows: list[TensorRow]) -> float:
-    """The bytes of the codebooks these tensors use (all stored values have the same width)."""
-    used = {r.codebook for r in rows}
-    entries = [k - 1 for k in report.codebook_sizes]  # entry 0, the zero, is not stored
-    kept = sum(n for i, n in enumerate(entries) if i in used)
-    return report.codebook_bytes * kept / max(sum(entries), 1)
 
 
 def _cell(text: str, width: int, column: int) -> str:
