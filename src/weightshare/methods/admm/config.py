@@ -44,9 +44,12 @@ ADMM_PRESETS: dict[str, Preset] = {
         "train": {**_SGD, "epochs": 30, "lr": 0.025, "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 2},
         "admm": {"nnz_budget": 0.1, "bit_budget": 3.0, "rho": 0.05, "prox": True, "finetune_epochs": 10},
     },
+    # LeNet-5: the reference README's 120 epochs, then the authors' finetune.py step for 20 more (mask and bit widths
+    # fixed): the trained W sat at 0.99% and the final k-means alone cost 0.02 points; with the step the validation
+    # error went 1.40% -> 1.38% (benchmarks/RESULTS.md).
     "lenet5": {
-        "train": {**_SGD, "epochs": 120, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
-        "admm": {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True},
+        "train": {**_SGD, "epochs": 140, "lr": 0.1, "momentum": 0.93, "weight_decay": 5e-4, "warmup_epochs": 10},
+        "admm": {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True, "finetune_epochs": 20},
     },
 }
 
