@@ -47,6 +47,7 @@ from weightshare.pipeline.pretrain import pretrain
 from weightshare.report.accounting import paper_style, values_only, weight_entropy_bits
 from weightshare.search import TuneConfig, compare, tune
 from weightshare.train.config import TrainConfig
+from weightshare.train.distill import Distillation, DistillConfig, distillation_loss
 from weightshare.train.hooks import TrainContext
 from weightshare.train.loop import evaluate, evaluate_model, fit
 
@@ -75,6 +76,9 @@ __all__ = [
     "DataOverrides",
     "DependencyError",
     "FinishConfig",
+    "DistillConfig",
+    "Distillation",
+    "distillation_loss",
     "FormatError",
     "Method",
     "MethodConfig",

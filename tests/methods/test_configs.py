@@ -26,7 +26,7 @@ def test_the_registry_comes_from_the_config_classes():
     for name, cls in CONFIGS.items():
         assert issubclass(cls, MethodConfig) and cls.method == name and cls.description
         assert METHODS[cls].name == name and method_class(cls()) is METHODS[cls] and config_class(name) is cls
-        assert cls.section_names() == [name, "train", "data", "finish"]
+        assert cls.section_names() == [name, "train", "data", "finish", "distill"]
 
 
 def test_a_subclass_of_a_config_builds_its_method():

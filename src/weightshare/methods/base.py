@@ -31,6 +31,7 @@ from weightshare.data.config import DataOverrides
 from weightshare.finish.config import FinishConfig
 from weightshare.methods.space import SearchSpace
 from weightshare.train.config import TrainConfig
+from weightshare.train.distill import DistillConfig
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
 __all__ = [
@@ -62,7 +63,8 @@ def require_epochs(epochs: int, needed: int, schedule: str, detail: str) -> None
 
 @dataclasses.dataclass
 class MethodConfig:
-    """A method's whole recipe: its own settings plus the ``[train]``, ``[data]`` and ``[finish]`` sections.
+    """A method's whole recipe: its own settings plus the ``[train]``, ``[data]``, ``[finish]`` and ``[distill]``
+    sections.
 
     Subclasses (``SWSConfig``, ``DCConfig``, ...) name their method with ``method`` (the TOML
     section of their own settings, the CLI subcommand and the registry key), say what it is in
@@ -79,6 +81,7 @@ class MethodConfig:
     train: TrainConfig = section(TrainConfig)
     data: DataOverrides = section(DataOverrides)
     finish: FinishConfig = section(FinishConfig)
+    distill: DistillConfig = section(DistillConfig)
 
     @classmethod
     def preset(cls, name: str) -> Self:
@@ -122,7 +125,7 @@ class MethodConfig:
 
     @classmethod
     def section_names(cls) -> list[str]:
-        """The TOML sections of this recipe: the method's own first, e.g. ``sws, train, data, finish``."""
+        """The TOML sections of this recipe: the method's own first, e.g. ``sws, train, data, finish, distill``."""
         return list(cls().sections())
 
     def updated(self, sections: Sections, source: str = "overrides") -> Self:

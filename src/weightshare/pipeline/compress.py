@@ -31,6 +31,7 @@ from weightshare.pipeline.rundirs import check_new, interruptible, open_run, rec
 from weightshare.report.run_report import build_report, write_report
 from weightshare.runs.rundir import RunDir
 from weightshare.runs.schema import COMPRESSED, CONFIG, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
+from weightshare.train.distill import Distillation
 from weightshare.train.distributed import Distributed, session
 from weightshare.train.loop import evaluate_model, fit
 
@@ -107,6 +108,9 @@ def _retrain(
     """The method's retraining in run directory ``out``, then (rank 0) the file and its report."""
     writer = dist is None or dist.is_main
     pretrained_state = {k: v.clone() for k, v in model.state_dict().items()}
+    # The teacher is the pretrained model: taken before a method touches the weights (ADMM projects as it is
+    # built) and before fit restores a checkpoint (--resume).
+    distill = Distillation.maybe(model, config.distill)
     errors = {"pretrained": evaluate_model(model, data)} if writer else {}
     torch.manual_seed(config.train.seed)
     hooks = build_method(config, model, len(data.train))
@@ -128,7 +132,7 @@ def _retrain(
 
         fit(model, data, config.train, method=hooks, run=run, phase="retrain", resume=resume,
             batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=after_epoch,
-            dist=dist)  # fmt: skip
+            dist=dist, distill=distill)  # fmt: skip
         if not writer:
             return {}
         errors["retrained"] = evaluate_model(model, data)

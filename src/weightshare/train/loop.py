@@ -30,6 +30,7 @@ from weightshare.data.datasets import DataBundle, Split, batches
 from weightshare.runs.rundir import RunDir
 from weightshare.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from weightshare.train.config import TrainConfig
+from weightshare.train.distill import Distillation
 from weightshare.train.distributed import Distributed
 from weightshare.train.hooks import TrainContext, TrainingHooks
 
@@ -131,7 +132,8 @@ def _steps_per_epoch(n: int, batch_size: int, dist: Distributed | None) -> int:
     return dist.steps(n, batch_size) if dist is not None else math.ceil(n / batch_size)
 
 
-def _train_epoch(net, model, data: DataBundle, cfg: TrainConfig, batch_size: int, method, optimizer, epoch, bar, dist):
+def _train_epoch(net, model, data: DataBundle, cfg: TrainConfig, batch_size: int, method, optimizer, epoch, bar, dist,
+                 distill: Distillation | None = None):  # fmt: skip
     """One epoch; ``net`` is what the forward runs (``model`` itself, or it inside DDP), the hooks see ``model``."""
     net.train()
     steps = _steps_per_epoch(len(data.train), batch_size, dist)
@@ -147,7 +149,8 @@ def _train_epoch(net, model, data: DataBundle, cfg: TrainConfig, batch_size: int
             g["lr"] = g["initial_lr"] * factor
         logits = net(x)
         task = F.cross_entropy(logits, y)
-        penalty = _sum_terms(method.penalty(model), method.extra_loss(model, x, y, logits))
+        kd = distill.loss(x, logits) if distill is not None else None
+        penalty = _sum_terms(method.penalty(model), method.extra_loss(model, x, y, logits), kd)
         loss = task if penalty is None else task + penalty
         if not torch.isfinite(loss):
             raise TrainingDiverged(_divergence_message(method, epoch, step, task, penalty))
@@ -199,12 +202,15 @@ def fit(
     history: list[dict[str, Any]] | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     dist: Distributed | None = None,
+    distill: Distillation | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs, with a method's hooks if one is given.
 
     ``history`` holds earlier rows (e.g. the pretraining curve) that metrics.csv keeps in front. With
     ``dist`` (a ``torchrun`` launch) the training is data-parallel, ``batch_size`` the global batch; only
     rank 0 writes into ``run``, shows progress and calls ``on_epoch``, every rank reads the checkpoint.
+    With ``distill`` its term (train/distill.py) joins the method's penalty in the loss and in the ``penalty``
+    column.
     """
     method = method or TrainingHooks()
     main = dist is None or dist.is_main
@@ -227,7 +233,7 @@ def fit(
     ) as bar:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
-            train_stats = _train_epoch(net, model, data, cfg, batch_size, method, optimizer, epoch, bar, dist)
+            train_stats = _train_epoch(net, model, data, cfg, batch_size, method, optimizer, epoch, bar, dist, distill)
             seconds = time.perf_counter() - t0
             if dist is not None:
                 dist.broadcast_buffers(model)

@@ -11,7 +11,7 @@ from weightshare.core.settings import apply_overrides, validate
 from weightshare.data.datasets import DataBundle, Split
 from weightshare.methods import CONFIGS, METHODS
 from weightshare.methods.admm.config import ADMM_PRESETS, AdmmConfig
-from weightshare.methods.admm.method import ADMM, distillation_loss, model_size_budget
+from weightshare.methods.admm.method import ADMM, model_size_budget
 from weightshare.methods.admm.quant import quantization_projection
 from weightshare.models.architectures import build_model
 from weightshare.report.accounting import values_only
@@ -138,26 +138,6 @@ def test_prox_reads_the_learning_rate_of_the_group_holding_the_covered_weights(p
         admm.after_step(model, TrainContext(torch.optim.SGD(others, lr=0.1)))
 
 
-def test_knowledge_distillation_through_the_extra_loss_hook(pretrained_state, digits):
-    model = _pretrained(pretrained_state)
-    x, y = digits.train.x[:32], digits.train.y[:32]
-    with torch.no_grad():
-        teacher_logits = model(x)
-    assert ADMM(_pretrained(pretrained_state), AdmmConfig()).extra_loss(model, x, y, model(x)) is None
-    admm = ADMM(model, AdmmConfig(nnz_budget=0.05, bit_budget=2, kd_temp=4.0))
-    assert torch.equal(admm.teacher(x), teacher_logits)  # the teacher is the pretrained model, not the pruned one
-    logits = model(x)
-    loss = admm.extra_loss(model, x, y, logits)
-    p = torch.softmax(teacher_logits / 4, 1)
-    want = 4 * -(p * torch.log_softmax(logits.detach() / 4, 1)).sum(1).mean()
-    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
-    loss.backward()
-    assert all(q.grad is None for q in admm.teacher.parameters())
-    assert any(q.grad is not None and float(q.grad.abs().sum()) > 0 for q in model.parameters())
-    # the KD term is smallest when the student matches the teacher
-    assert float(distillation_loss(teacher_logits, teacher_logits, 4.0)) < float(loss.detach())
-
-
 # --- the finish ----------------------------------------------------------------------------------------------------
 
 
@@ -220,7 +200,7 @@ def test_finetuning_needs_the_training_length(pretrained_state):
 
 @pytest.mark.parametrize("stop_after", [0, 3])  # in the ADMM phase (epochs 1-3), in the fine-tuning phase (4-5)
 def test_resume_equals_uninterrupted(pretrained_state, digits, resume_check, stop_after):
-    cfg = AdmmConfig(nnz_budget=0.1, bit_budget=3, prox=True, projint=3, dualint=6, kd_temp=2.0, finetune_epochs=2)
+    cfg = AdmmConfig(nnz_budget=0.1, bit_budget=3, prox=True, projint=3, dualint=6, finetune_epochs=2)
     train, data = _sgd(5, warmup_epochs=1), _small(digits)
 
     def make():

@@ -56,7 +56,10 @@ ADMM_PRESETS: dict[str, Preset] = {
 
 @dataclasses.dataclass
 class AdmmConfig(MethodConfig):
-    """Every knob of the ADMM method: the budget, the ADMM schedule, distillation and fine-tuning.
+    """Every knob of the ADMM method: the budget, the ADMM schedule and fine-tuning.
+
+    Distillation from the pretrained model, optional in the reference code, is the ``[distill]`` section every
+    method has (weightshare.train.distill; the reference's ``T * CE`` form is ``kd_weight = 1 / T``).
 
     >>> AdmmConfig.preset("lenet5").nnz_budget
     0.0054
@@ -85,7 +88,6 @@ class AdmmConfig(MethodConfig):
     dualint: int = setting(
         0, "batches between quantization projections + dual updates (0 = once per epoch); a multiple of projint", ge=0
     )
-    kd_temp: float = setting(0.0, "knowledge distillation temperature T from the pretrained model (0 = off)", ge=0)
     finetune_epochs: int = setting(0, "last epochs: fine-tune with mask and bit widths fixed (straight-through)", ge=0)
     finetune_refresh: int = setting(20, "fine-tuning: codebook refreshes (5 k-means steps) per epoch", ge=1)
     kmeans_iter: int = setting(100, "at most this many Lloyd iterations per layer", ge=1)

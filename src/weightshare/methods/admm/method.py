@@ -18,8 +18,7 @@ scaled dual U (docs/methods.md#admm-algorithm, as the authors' ``train.py`` runs
   added to the loss (:meth:`ADMM.penalty`) or, with ``prox``, applied in closed form after the step:
   W <- (W + lr·rho·(V - U)) / (1 + lr·rho). The loop's weight decay acts on every trainable tensor; the
   reference decays only ``*.weight`` tensors (biases of LeNets: a negligible difference);
-* optional **knowledge distillation** from the pretrained model (:meth:`ADMM.extra_loss`) and optional
-  **fine-tuning** in the last ``finetune_epochs`` epochs with the mask and bit widths fixed (the
+* optional **fine-tuning** in the last ``finetune_epochs`` epochs with the mask and bit widths fixed (the
   authors' ``finetune.py``; see :class:`_FineTune`).
 
 :meth:`ADMM.finalize` gives one codebook per layer (entry 0 = 0.0) with at most 2^b_l non-zero values.
@@ -30,12 +29,10 @@ positions too, which dominate at 0.5 % density (docs/methods.md#accounting-why).
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from weightshare.core.codebook import SharedWeights, compact_codebook
@@ -53,7 +50,7 @@ from weightshare.methods.admm.quant import (
 from weightshare.methods.base import Method, TrainContext
 from weightshare.train.config import TrainConfig
 
-__all__ = ["ADMM", "model_size_budget", "distillation_loss"]
+__all__ = ["ADMM", "model_size_budget"]
 
 # finetune.py refreshes the codebooks with 5 Lloyd iterations from the current centres.
 REFRESH_ITERS = 5
@@ -67,17 +64,6 @@ def model_size_budget(numels: list[int], nnz_budget: float, bit_budget: float) -
     45.0
     """
     return float(bit_budget) * sum(math.ceil(nnz_budget * n) for n in numels)
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Yang's KD term: T · CE(softmax(z_t / T), log_softmax(z_s / T)), mean over the batch (factor T, not T²).
-
-    >>> z = torch.tensor([[2.0, 0.0]])
-    >>> round(float(distillation_loss(z, z, 1.0)), 4)  # the entropy of softmax([2, 0])
-    0.3653
-    """
-    target = F.softmax(teacher / temperature, dim=1)
-    return temperature * -(target * F.log_softmax(student / temperature, dim=1)).sum(1).mean()
 
 
 class _FineTune:
@@ -176,7 +162,6 @@ class ADMM(Method):
         self.nnz = {n: p.numel() for n, p in self.covered.items()}
         self.dup = {n: p.detach().clone() for n, p in self.covered.items()}  # V
         self.dual = {n: torch.zeros_like(p.detach()) for n, p in self.covered.items()}  # U
-        self.teacher = _frozen_copy(model) if c.kd_temp > 0 else None
         self.finetune: _FineTune | None = None
         self.epochs_done, self.steps_per_epoch = 0, 0
         self.total_epochs: int | None = None
@@ -225,16 +210,6 @@ class ADMM(Method):
             return None
         terms = [((p - self.dup[n] + self.dual[n]) ** 2).sum() for n, p in self.covered.items()]
         return 0.5 * self.config.rho * torch.stack(terms).sum()
-
-    def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Knowledge distillation from the pretrained model (``kd_temp`` > 0), added to the task loss."""
-        if self.teacher is None:
-            return None
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        return distillation_loss(logits, teacher_logits, self.config.kd_temp)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, ctx: TrainContext) -> None:
@@ -365,10 +340,3 @@ class ADMM(Method):
             codebook_of[n] = i
         state = {k: v.detach() for k, v in model.state_dict().items()}
         return QuantizedModel.from_assignments(state, assignments, codebooks, codebook_of)
-
-
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    """The pretrained model as a frozen teacher (evaluation mode, no gradients)."""
-    teacher = copy.deepcopy(model).eval()
-    teacher.requires_grad_(False)
-    return teacher
