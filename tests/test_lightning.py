@@ -44,3 +44,14 @@ def test_rank_zero_writes_the_file_and_its_report(fitted, method):
     assert decoded.codebooks[0][0].item() == 0.0 and decoded.unique_values() <= 64
     records = {"sws": "mixture_final.json", "pwfn": "pwfn_rounds.json"}[method]
     assert (out / records).is_file() and not (out / "summary.json").exists()
+
+
+def test_distillation_is_refused_with_the_way_to_add_it_in_training_step(tmp_path):
+    from weightshare import DistillConfig, SWSConfig
+    from weightshare.core.errors import ConfigError
+    from weightshare.lightning import WeightshareCallback
+
+    config = SWSConfig(distill=DistillConfig(kd_temp=2.0))
+    with pytest.raises(ConfigError, match=r"'kd_temp' \(section \[distill\]\).*Distillation\(model"):
+        WeightshareCallback(config, tmp_path / "out", n_train=100)
+    assert WeightshareCallback(SWSConfig(), tmp_path / "out", n_train=100).config.distill.kd_temp == 0

@@ -15,8 +15,9 @@
   ``quantized.safetensors``, ``model.wsz`` and ``report.json`` (built from the file; its ``errors`` are
   empty, as the callback has no test set: ``trainer.test`` after fit measures the file's accuracy).
 
-Not applied: batch-dependent extra losses (``extra_loss``, e.g. ADMM's distillation), which need the
-module's logits; the ``[finish]`` stages, which need a data set.
+Not applied: batch-dependent extra losses (``extra_loss``), which need the module's logits; the ``[finish]``
+stages, which need a data set. Distillation (``[distill] kd_temp``) is refused with a pointer to
+:class:`~weightshare.train.distill.Distillation`, whose ``loss(x, logits)`` a ``training_step`` adds itself.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("weightshare.lightning needs Lightning: pip install 'weightshare[lightning]'") from exc
 
 from weightshare.codec import save_compressed
+from weightshare.core.errors import ConfigError
 from weightshare.core.io import write_json
 from weightshare.core.quantized import QuantizedModel, save_quantized
 from weightshare.core.settings import validate
@@ -69,6 +71,12 @@ class WeightshareCallback(Callback):
     def __init__(self, config: MethodConfig, out: str | os.PathLike, *, n_train: int) -> None:
         method_class(config)  # not a method's config: refused at once
         self.config = validate(copy.deepcopy(config))
+        if self.config.distill.kd_temp > 0:  # refused, not skipped: the callback never sees the batch's logits
+            raise ConfigError(
+                "setting 'kd_temp' (section [distill]) is not applied by WeightshareCallback, which does not see "
+                "the batch's logits: set it to 0 here and add weightshare.Distillation(model, DistillConfig(...))"
+                ".loss(x, logits) to the loss your training_step returns"
+            )
         self.out, self.n_train = Path(out), n_train
         self.method: Method | None = None
         self.qmodel: QuantizedModel | None = None
