@@ -8,12 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from weightshare.core.io import load_tensors
-from weightshare.data.config import DataConfig
 from weightshare.data.datasets import DataBundle, Split
 from weightshare.methods import AdmmConfig, DCConfig
 from weightshare.models.architectures import build_model
 from weightshare.pipeline.compress import compress
-from weightshare.pipeline.pretrain import pretrain
 from weightshare.train.config import TrainConfig
 from weightshare.train.distill import Distillation, DistillConfig, distillation_loss
 from weightshare.train.loop import fit
@@ -90,14 +88,7 @@ def test_fit_with_distillation_keeps_the_student_near_the_pretrained_function(di
     assert kl[2.0] < 0.3 * kl[0.0]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("distill") / "pre"
-    pretrain(DataConfig(dataset="digits", batch_size=32), TrainConfig(epochs=4, lr=2e-3), out, progress=False)
-    return out
-
-
-def test_compress_distils_from_the_pretrained_model_before_the_method_touches_it(tiny_run, tmp_path, monkeypatch):
+def test_compress_distils_from_the_pretrained_model_before_the_method_touches_it(pretrained, tmp_path, monkeypatch):
     """ADMM prunes the model as it is built: the teacher must be taken before, and recorded in config.json."""
     teachers = []
     original = Distillation.__init__
@@ -114,7 +105,7 @@ def test_compress_distils_from_the_pretrained_model_before_the_method_touches_it
         train=dataclasses.replace(config.train, epochs=1, warmup_epochs=0),
         distill=DistillConfig(kd_temp=2.0, kd_weight=0.5),
     )
-    compress(tiny_run, config, tmp_path / "admm", progress=False)
+    compress(pretrained, config, tmp_path / "admm", progress=False)
     pretrained = load_tensors(tmp_path / "admm" / "model_init.safetensors")
     assert len(teachers) == 1
     assert all(torch.equal(teachers[0][k], pretrained[k]) for k in pretrained)
@@ -123,11 +114,11 @@ def test_compress_distils_from_the_pretrained_model_before_the_method_touches_it
     assert stored["distill"] == {"kd_temp": 2.0, "kd_weight": 0.5}
 
 
-def test_compress_without_distillation_builds_no_teacher(tiny_run, tmp_path, monkeypatch):
+def test_compress_without_distillation_builds_no_teacher(pretrained, tmp_path, monkeypatch):
     monkeypatch.setattr(Distillation, "__init__", lambda *a: pytest.fail("no teacher without kd_temp"))
     config = DCConfig.preset("digits")
     config = dataclasses.replace(
         config, prune_rounds=1, prune_epochs=1, quant_epochs=1, train=dataclasses.replace(config.train, epochs=2)
     )
-    report = compress(tiny_run, config, tmp_path / "dc", progress=False)
+    report = compress(pretrained, config, tmp_path / "dc", progress=False)
     assert report["method"] == "dc"
