@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from weightshare.core.errors import DataError
+from weightshare.core.errors import ConfigError, DataError
 from weightshare.data import datasets as wsdata
 from weightshare.data.config import DataConfig
-from weightshare.data.datasets import augment_shift_flip, batches, load_data, read_cifar_binary, read_idx
+from weightshare.data.datasets import Augmentation, augment_shift_flip, batches, load_data, read_cifar_binary, read_idx
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -164,7 +164,10 @@ def test_cifar10_bundle_from_files(tmp_path):
     (folder / "test_batch.bin").write_bytes(_cifar_records(5, 1, 9)[0])
     bundle = load_data(DataConfig(dataset="cifar10", data_dir=str(tmp_path), val_size=4))
     assert (len(bundle.train), len(bundle.val), len(bundle.test), bundle.num_classes) == (16, 4, 5, 10)
-    assert bundle.augment and bundle.input_shape == (3, 32, 32)
+    assert bundle.augment == Augmentation(4, flip=True) and bundle.input_shape == (3, 32, 32)
+    assert load_data(DataConfig(dataset="cifar10", data_dir=str(tmp_path), val_size=4, augment=False)).augment is None
+    with pytest.raises(ConfigError, match="'shift' is 2, but cifar10 has its own augmentation"):
+        load_data(DataConfig(dataset="cifar10", data_dir=str(tmp_path), val_size=4, shift=2))
     with pytest.raises(DataError, match="cifar-100-binary"):
         load_data(DataConfig(dataset="cifar100", data_dir=str(tmp_path)))
 
@@ -182,6 +185,24 @@ def test_augment_shift_and_flip_preserve_content():
             for dy in range(-4, 5)
             for dx in range(-4, 5)
         )
+
+
+def test_grayscale_shift_moves_each_digit_without_mirroring_it():
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, 0, 3, 1] = 1.0  # one lit pixel, left of centre: a mirror image would light column 6
+    out = augment_shift_flip(x, torch.Generator().manual_seed(0), pad=1, flip=False)
+    rows, cols = out[:, 0].flatten(1).argmax(1).div(8, rounding_mode="floor"), out[:, 0].flatten(1).argmax(1) % 8
+    assert torch.equal(out.flatten(1).sum(1), torch.ones(64))  # nothing lost: a 1-pixel shift keeps column 1 inside
+    assert set(rows.tolist()) == {2, 3, 4} and set(cols.tolist()) == {0, 1, 2}  # every shift in [-1, 1] drawn
+
+
+def test_shift_setting_reaches_the_training_batches_only(digits):
+    shifted = load_data(DataConfig(dataset="digits", shift=1))
+    assert shifted.augment == Augmentation(1) and digits.augment is None
+    plain = next(batches(shifted.train, 50, shuffle=True, seed=3))[0]
+    moved = next(batches(shifted.train, 50, shuffle=True, seed=3, augment=shifted.augment))[0]
+    assert torch.equal(plain.sum((1, 2, 3)) >= moved.sum((1, 2, 3)), torch.ones(50, dtype=torch.bool))
+    assert not torch.equal(plain, moved) and torch.equal(shifted.test.x, digits.test.x)
 
 
 def test_digits_split_is_fixed(digits):

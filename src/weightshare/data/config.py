@@ -21,6 +21,9 @@ class DataConfig:
     val_size: int = setting(5000, "validation images carved from the training set (MNIST, Fashion-MNIST, CIFAR)", ge=0)
     batch_size: int = setting(128, "mini-batch size", ge=1)
     augment: bool = setting(True, "CIFAR: 4-pixel shift + horizontal flip while training")
+    shift: int = setting(
+        0, "MNIST, Fashion-MNIST, digits: shift each training image by up to this many pixels (0: off)", ge=0, le=8
+    )
     download: bool = setting(True, "download missing MNIST / Fashion-MNIST files when the network is there")
     split_seed: int = setting(0, "seed of the train/validation split", ge=0)
 
@@ -44,6 +47,12 @@ class DataOverrides:
         ge=0,
     )
     batch_size: int | None = setting(None, "mini-batch size (default: the source run's)", ge=1)
+    shift: int | None = setting(
+        None,
+        "MNIST, Fashion-MNIST, digits: random shift of the training images (default: the source run's)",
+        ge=0,
+        le=8,
+    )
     data_dir: str | None = setting(None, "data directory (default: the source run's)")
 
     def apply(self, data: DataConfig) -> DataConfig:

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weightshare.core.errors import DataError
+from weightshare.core.errors import ConfigError, DataError
 from weightshare.core.io import atomic_write_bytes
 from weightshare.data.config import DataConfig
 
 __all__ = [
     "DataError",
     "Split",
+    "Augmentation",
     "DataBundle",
     "IdxDataset",
     "IDX_DATASETS",
@@ -113,6 +114,17 @@ class Split:
         return len(self.y)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Random shift of every training image by up to ``shift`` pixels (zero padding), plus a horizontal flip."""
+
+    shift: int
+    flip: bool = False
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment_shift_flip(x, generator, pad=self.shift, flip=self.flip)
+
+
 @dataclass
 class DataBundle:
     name: str
@@ -120,7 +132,7 @@ class DataBundle:
     val: Split
     test: Split
     num_classes: int
-    augment: bool = False
+    augment: Augmentation | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -300,7 +312,8 @@ def _bundle_idx(cfg: DataConfig) -> DataBundle:
     train_y = torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64))
     test_y = torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
     train, val = _carve_validation(images("train-images-idx3-ubyte"), train_y, cfg.val_size, cfg.split_seed)
-    return DataBundle(spec.name, train, val, Split(images("t10k-images-idx3-ubyte"), test_y), 10)
+    test = Split(images("t10k-images-idx3-ubyte"), test_y)
+    return DataBundle(spec.name, train, val, test, 10, augment=_shift_only(cfg))
 
 
 def _bundle_cifar(cfg: DataConfig) -> DataBundle:
@@ -315,7 +328,14 @@ def _bundle_cifar(cfg: DataConfig) -> DataBundle:
     train, val = _carve_validation(images("train_x"), torch.from_numpy(arrays["train_y"]), cfg.val_size, cfg.split_seed)
     test = Split(images("test_x"), torch.from_numpy(arrays["test_y"]))
     classes = 10 if cfg.dataset == "cifar10" else 100
-    return DataBundle(cfg.dataset, train, val, test, classes, augment=cfg.augment)
+    if cfg.shift:
+        raise ConfigError(
+            f"setting 'shift' is {cfg.shift}, but {cfg.dataset} has its own augmentation (4-pixel shift and flip): "
+            "use 'augment' (--augment / --no-augment) and leave 'shift' at 0"
+        )
+    return DataBundle(
+        cfg.dataset, train, val, test, classes, augment=Augmentation(4, flip=True) if cfg.augment else None
+    )
 
 
 def _bundle_digits(cfg: DataConfig) -> DataBundle:
@@ -329,7 +349,13 @@ def _bundle_digits(cfg: DataConfig) -> DataBundle:
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     test_idx, val_idx, train_idx = perm[:360], perm[360:540], perm[540:]
     split = lambda idx: Split(x[idx.sort().values], y[idx.sort().values])  # noqa: E731
-    return DataBundle("digits", split(train_idx), split(val_idx), split(test_idx), 10)
+    return DataBundle("digits", split(train_idx), split(val_idx), split(test_idx), 10, augment=_shift_only(cfg))
+
+
+def _shift_only(cfg: DataConfig) -> Augmentation | None:
+    # Digits are not mirror-symmetric, so the grayscale sets only shift (LeCun et al. 1998 trained on
+    # distorted digits; a 1-2 pixel translation is the mildest of those distortions).
+    return Augmentation(cfg.shift) if cfg.shift else None
 
 
 def load_data(cfg: DataConfig | None = None) -> DataBundle:
@@ -353,7 +379,7 @@ def load_data(cfg: DataConfig | None = None) -> DataBundle:
 # --- batches -------------------------------------------------------------------------
 
 
-def augment_shift_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+def augment_shift_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
     """The usual CIFAR augmentation, vectorised: random ±``pad``-pixel shift (zero padding) + horizontal flip."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
@@ -363,8 +389,9 @@ def augment_shift_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4
     out = padded.gather(2, rows)
     cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
     out = out.gather(3, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
-    out[flip] = out[flip].flip(3)
+    if flip:
+        flipped = torch.rand(n, generator=generator) < 0.5
+        out[flipped] = out[flipped].flip(3)
     return out
 
 
@@ -374,7 +401,7 @@ def batches(
     *,
     shuffle: bool = False,
     seed: int = 0,
-    augment: bool = False,
+    augment: Augmentation | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches from in-memory tensors; the order depends only on ``seed`` (resume-safe)."""
     generator = torch.Generator().manual_seed(seed)
@@ -382,6 +409,6 @@ def batches(
     for start in range(0, len(split), batch_size):
         idx = order[start : start + batch_size]
         x = split.x[idx]
-        if augment:
-            x = augment_shift_flip(x, generator)
+        if augment is not None:
+            x = augment(x, generator)
         yield x, split.y[idx]

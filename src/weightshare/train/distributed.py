@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from weightshare.core.errors import ConfigError
-from weightshare.data.datasets import Split, augment_shift_flip
+from weightshare.data.datasets import Augmentation, Split
 
 __all__ = ["Distributed", "is_main_process", "launched", "session"]
 
@@ -89,7 +89,7 @@ class Distributed:
         return batch_size // self.world_size
 
     def batches(
-        self, split: Split, batch_size: int, *, seed: int, epoch: int, augment: bool = False
+        self, split: Split, batch_size: int, *, seed: int, epoch: int, augment: Augmentation | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's mini-batches of epoch ``epoch``: its share of what one process gets with ``seed + epoch``."""
         local = self.local_batch(batch_size)
@@ -102,8 +102,8 @@ class Distributed:
         for start in range(0, len(order), local):
             idx = order[start : start + local]
             x = split.x[idx]
-            if augment:  # each rank draws its own shifts and flips
-                x = augment_shift_flip(x, generator)
+            if augment is not None:  # each rank draws its own shifts and flips
+                x = augment(x, generator)
             yield x, split.y[idx]
 
     def steps(self, n: int, batch_size: int) -> int:
