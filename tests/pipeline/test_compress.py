@@ -71,3 +71,16 @@ def test_bad_configs_are_refused_before_any_work(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="setting 'codebook_lr' must be > 0"):
         compress(tiny_run, SWSConfig(finish=FinishConfig(codebook_lr=0.0)), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_source_runs_shift_is_inherited_unless_overridden(tmp_path):
+    source = tmp_path / "pre"
+    pretrain(DataConfig(dataset="digits", batch_size=32, shift=1), TrainConfig(epochs=1), source, progress=False)
+    assert json.loads((source / "config.json").read_text())["data"]["shift"] == 1
+    config = DCConfig.preset("digits")
+    config = dataclasses.replace(config, prune_rounds=1, prune_epochs=1, quant_epochs=0)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
+    for overrides, expected in ((DataOverrides(), 1), (DataOverrides(shift=0), 0)):
+        out = tmp_path / f"dc{expected}"
+        compress(source, dataclasses.replace(config, data=overrides), out, progress=False)
+        assert json.loads((out / "config.json").read_text())["data"]["shift"] == expected
