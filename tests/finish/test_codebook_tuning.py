@@ -76,7 +76,7 @@ def test_cli_codebook_epochs_tunes_after_snapping(tmp_path):
     args += ["--kd-temp", "0", "--dense-param-bits", "0"]  # the snap and the tuning alone, as measured below
     assert main([*args, "--codebook-epochs", "2", "--codebook-lr", "1e-3"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report["errors"]) == {"pretrained", "retrained", "snapped", "decoded"}
+    assert set(report["errors"]) == {"pretrained", "retrained", "pruned", "snapped", "decoded"}
     # Measured over seeds 0-5: snapped 4.4-10.6 %, decoded (tuned) 4.2-6.4 %, 29.7-34.0 % non-zero.
     assert report["errors"]["snapped"]["test_error"] <= 16.0 and report["errors"]["decoded"]["test_error"] <= 11.0
     assert 0.2 <= report["totals"]["nonzero_fraction"] <= 0.45

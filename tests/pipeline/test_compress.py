@@ -9,7 +9,7 @@ from weightshare.core.errors import ConfigError
 from weightshare.data.config import DataConfig, DataOverrides
 from weightshare.finish.config import FinishConfig
 from weightshare.methods import DCConfig, SWSConfig
-from weightshare.pipeline.compress import compress, stored_config
+from weightshare.pipeline.compress import compress, result_warnings, stored_config
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.train.config import TrainConfig
 
@@ -57,7 +57,7 @@ def test_data_and_finish_sections_drive_the_run(tiny_run, tmp_path):
     out = tmp_path / "dc"
     report = compress(tiny_run, config, out, progress=False)
     assert json.loads((out / "config.json").read_text())["data"]["batch_size"] == 64
-    assert set(report["errors"]) == {"pretrained", "retrained", "snapped", "decoded"}
+    assert set(report["errors"]) == {"pretrained", "retrained", "pruned", "snapped", "decoded"}
     # Measured over seeds 0-5: decoded test error 5.6-10.8 %; DC keeps exactly its preset's fractions.
     assert report["errors"]["decoded"]["test_error"] <= 16.0
     assert report["totals"]["nonzero_fraction"] == pytest.approx(0.3, abs=0.002)
@@ -84,3 +84,14 @@ def test_the_source_runs_shift_is_inherited_unless_overridden(tmp_path):
         out = tmp_path / f"dc{expected}"
         compress(source, dataclasses.replace(config, data=overrides), out, progress=False)
         assert json.loads((out / "config.json").read_text())["data"]["shift"] == expected
+
+
+def test_the_assignment_gap_warning_says_whether_the_zeros_lost_it():
+    errors = {"retrained": {"test_error": 1.65}, "pruned": {"test_error": 22.34}, "decoded": {"test_error": 26.1}}
+    report = {"totals": {"weights": 10, "nnz": 3}, "errors": errors}
+    (warning,) = result_warnings(report, 10, "narrow the zero spike")
+    assert warning["kind"] == "assignment_gap"
+    assert warning["message"] == (
+        "the decoded test error 26.10% is far above the retrained 1.65% (with only the weights assigned to zero "
+        "set to zero, the trained network is at 22.34%): narrow the zero spike"
+    )

@@ -10,7 +10,11 @@ not to the method, and is driven by the ``[finish]`` section (:class:`FinishConf
 
 When data is given, the model is evaluated before the lossy stages (``errors["snapped"]``: the
 method's hard assignment) and after the quantization of step 2 (``errors["dense_quantized"]``),
-so the cost of each is visible beside the decoded model's error.
+so the cost of each is visible beside the decoded model's error. ``errors["pruned"]`` splits the hard
+assignment's cost in two: the trained float network with only its zero-assigned weights set to zero. A
+large step from retrained to pruned means the network still uses weights the assignment calls zero (the
+zero spike is too wide for it); from pruned to snapped, that the surviving weights sit far from their
+shared values.
 
 >>> import torch
 >>> from torch import nn
@@ -28,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from weightshare.core.quantized import QuantizedModel
@@ -39,7 +44,7 @@ from weightshare.finish.densequant import quantize_dense_params
 from weightshare.train.config import TrainConfig
 from weightshare.train.loop import evaluate_model
 
-__all__ = ["Finished", "run_finishing"]
+__all__ = ["Finished", "pruned_error", "run_finishing"]
 
 
 @dataclass
@@ -50,7 +55,7 @@ class Finished:
     removed: dict[str, int] = field(default_factory=dict)
     dense_quantized: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> values, levels, change
     dense_param_bits: int = 0
-    errors: dict[str, dict[str, float]] = field(default_factory=dict)  # "snapped", "dense_quantized"
+    errors: dict[str, dict[str, float]] = field(default_factory=dict)  # "pruned", "snapped", "dense_quantized"
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics rows, fine-tuning epochs included
 
     def summary(self) -> dict[str, Any]:
@@ -74,6 +79,8 @@ def run_finishing(
 ) -> Finished:
     """Run every stage ``config`` turns on, in order, on ``qmodel`` (loaded into ``model`` as needed)."""
     finished = Finished(qmodel)
+    if data is not None:
+        finished.errors["pruned"] = pruned_error(model, qmodel, data)
     if config.remove_dead:
         finished.qmodel, finished.removed = remove_dead_weights(model, finished.qmodel, data.train.x[:1])
     if data is not None and (config.dense_param_bits or config.codebook_epochs):
@@ -92,3 +99,20 @@ def run_finishing(
             batch_size=batch_size, progress=progress, history=history,
         )  # fmt: skip
     return finished
+
+
+@torch.no_grad()
+def pruned_error(model: nn.Module, qmodel: QuantizedModel, data: DataBundle) -> dict[str, float]:
+    """Errors of ``model`` as trained, but with every weight that ``qmodel`` assigns to zero set to zero.
+
+    ``model`` is left as it was.
+    """
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items() if name in qmodel.quantized}
+    state = model.state_dict()
+    for name, qt in qmodel.quantized.items():
+        state[name].mul_((qt.indices != 0).to(state[name].dtype))
+    try:
+        return evaluate_model(model, data)
+    finally:
+        for name, tensor in saved.items():
+            state[name].copy_(tensor)

@@ -280,9 +280,17 @@ def result_warnings(report: dict[str, Any], num_classes: int, hint: str) -> list
         out.append({"kind": "collapsed", "message": f"{message} ({chance:.0f}% for {num_classes} classes)"})
     retrained = report["errors"].get("retrained", {}).get("test_error")
     if retrained is not None and decoded > GAP_FACTOR * retrained and decoded > retrained + GAP_POINTS:
-        message = f"the decoded test error {decoded:.2f}% is far above the retrained {retrained:.2f}%: {hint}"
-        out.append({"kind": "assignment_gap", "message": message})
+        message = f"the decoded test error {decoded:.2f}% is far above the retrained {retrained:.2f}%"
+        out.append({"kind": "assignment_gap", "message": f"{message}{_gap_split(report['errors'])}: {hint}"})
     return out
+
+
+def _gap_split(errors: dict[str, dict[str, float]]) -> str:
+    """Which half of the hard assignment lost it: setting the zeros, or snapping the survivors to shared values."""
+    if "pruned" not in errors:
+        return ""
+    pruned = errors["pruned"]["test_error"]
+    return f" (with only the weights assigned to zero set to zero, the trained network is at {pruned:.2f}%)"
 
 
 def collapsed(report: dict[str, Any]) -> bool:
