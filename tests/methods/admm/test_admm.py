@@ -249,6 +249,7 @@ def test_presets_are_valid_and_lenet5_is_the_reference_recipe():
         "warmup_epochs": 10,
         "epochs": 140,  # the reference's 120, then 20 of its finetune.py step
     }
+    assert lenet5["data"] == {"shift": 0}  # the reference's unshifted digits, whatever the pretrain used
     numels = [500, 25000, 400000, 5000]  # LeNet-5-Caffe: 1975x values-only target (docs/methods.md#admm-presets)
     assert 32 * sum(numels) / model_size_budget(numels, 0.0054, 3) == pytest.approx(1975, rel=0.01)
 
