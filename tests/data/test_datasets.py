@@ -203,6 +203,12 @@ def test_shift_setting_reaches_the_training_batches_only(digits):
     moved = next(batches(shifted.train, 50, shuffle=True, seed=3, augment=shifted.augment))[0]
     assert torch.equal(plain.sum((1, 2, 3)) >= moved.sum((1, 2, 3)), torch.ones(50, dtype=torch.bool))
     assert not torch.equal(plain, moved) and torch.equal(shifted.test.x, digits.test.x)
+    # scaled to mean 0 / std 1, the border uncovered by a shift is still black, not the mean grey
+    standard = load_data(DataConfig(dataset="digits", shift=1, normalize="standard"))
+    black = float(standard.train.x.min())  # every digits image has black pixels
+    assert standard.augment.fill == pytest.approx(black) and black < -0.5
+    border = standard.augment(torch.full((64, 1, 8, 8), 5.0), torch.Generator().manual_seed(0))
+    assert border.unique().tolist() == pytest.approx([black, 5.0])
 
 
 def test_digits_split_is_fixed(digits):

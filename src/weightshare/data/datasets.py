@@ -116,13 +116,15 @@ class Split:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random shift of every training image by up to ``shift`` pixels (zero padding), plus a horizontal flip."""
+    """Random shift of every training image by up to ``shift`` pixels, plus a horizontal flip; the uncovered
+    border takes ``fill``, the value a black pixel has after the data set's scaling."""
 
     shift: int
     flip: bool = False
+    fill: float = 0.0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return augment_shift_flip(x, generator, pad=self.shift, flip=self.flip)
+        return augment_shift_flip(x, generator, pad=self.shift, flip=self.flip, fill=self.fill)
 
 
 @dataclass
@@ -313,7 +315,7 @@ def _bundle_idx(cfg: DataConfig) -> DataBundle:
     test_y = torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
     train, val = _carve_validation(images("train-images-idx3-ubyte"), train_y, cfg.val_size, cfg.split_seed)
     test = Split(images("t10k-images-idx3-ubyte"), test_y)
-    return DataBundle(spec.name, train, val, test, 10, augment=_shift_only(cfg))
+    return DataBundle(spec.name, train, val, test, 10, augment=_shift_only(cfg, spec.mean_std))
 
 
 def _bundle_cifar(cfg: DataConfig) -> DataBundle:
@@ -344,18 +346,24 @@ def _bundle_digits(cfg: DataConfig) -> DataBundle:
 
     digits = load_digits()
     x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
-    x = _normalise(x, cfg.normalize, ((float(x.mean()),), (float(x.std()),)))
+    mean_std = ((float(x.mean()),), (float(x.std()),))
+    x = _normalise(x, cfg.normalize, mean_std)
     y = torch.from_numpy(digits.target.astype(np.int64))
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     test_idx, val_idx, train_idx = perm[:360], perm[360:540], perm[540:]
     split = lambda idx: Split(x[idx.sort().values], y[idx.sort().values])  # noqa: E731
-    return DataBundle("digits", split(train_idx), split(val_idx), split(test_idx), 10, augment=_shift_only(cfg))
+    return DataBundle(
+        "digits", split(train_idx), split(val_idx), split(test_idx), 10, augment=_shift_only(cfg, mean_std)
+    )
 
 
-def _shift_only(cfg: DataConfig) -> Augmentation | None:
+def _shift_only(cfg: DataConfig, mean_std: tuple[tuple[float, ...], tuple[float, ...]]) -> Augmentation | None:
     # Digits are not mirror-symmetric, so the grayscale sets only shift (LeCun et al. 1998 trained on
     # distorted digits; a 1-2 pixel translation is the mildest of those distortions).
-    return Augmentation(cfg.shift) if cfg.shift else None
+    if not cfg.shift:
+        return None
+    black = _normalise(torch.zeros(1, 1, 1, 1), cfg.normalize, mean_std)
+    return Augmentation(cfg.shift, fill=float(black))
 
 
 def load_data(cfg: DataConfig | None = None) -> DataBundle:
@@ -379,10 +387,12 @@ def load_data(cfg: DataConfig | None = None) -> DataBundle:
 # --- batches -------------------------------------------------------------------------
 
 
-def augment_shift_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
-    """The usual CIFAR augmentation, vectorised: random ±``pad``-pixel shift (zero padding) + horizontal flip."""
+def augment_shift_flip(
+    x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True, fill: float = 0.0
+) -> torch.Tensor:
+    """The usual CIFAR augmentation, vectorised: random ±``pad``-pixel shift (border ``fill``) + horizontal flip."""
     n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=fill)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
