@@ -29,6 +29,7 @@ shared values.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,14 +106,10 @@ def run_finishing(
 def pruned_error(model: nn.Module, qmodel: QuantizedModel, data: DataBundle) -> dict[str, float]:
     """Errors of ``model`` as trained, but with every weight that ``qmodel`` assigns to zero set to zero.
 
-    ``model`` is left as it was.
+    A copy is pruned (as export's ``decoded_copy`` does), so ``model`` is left as it was.
     """
-    saved = {name: tensor.clone() for name, tensor in model.state_dict().items() if name in qmodel.quantized}
-    state = model.state_dict()
+    pruned = copy.deepcopy(model)
+    state = pruned.state_dict()
     for name, qt in qmodel.quantized.items():
         state[name].mul_((qt.indices != 0).to(state[name].dtype))
-    try:
-        return evaluate_model(model, data)
-    finally:
-        for name, tensor in saved.items():
-            state[name].copy_(tensor)
+    return evaluate_model(pruned, data)
