@@ -266,6 +266,29 @@ def test_a_bogus_key_in_a_config_file_is_refused_before_any_work(pretrained, tmp
     assert str(toml) in err and "[sws]" in err and "bogus" in err and not out.exists()
 
 
+def test_resume_finds_the_source_in_the_run_without_from(compressed, tmp_path):
+    out = tmp_path / "sws"
+    shutil.copytree(compressed[0], out)
+    first = json.loads((out / "report.json").read_text())
+    assert main(["compress", "sws", "--out", str(out), "--quiet", "--resume"]) == 0
+    assert json.loads((out / "report.json").read_text())["file"] == first["file"]
+
+
+def test_resume_names_a_recorded_source_that_is_gone(compressed, tmp_path, capsys):
+    out = tmp_path / "sws"
+    shutil.copytree(compressed[0], out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "source": str(tmp_path / "moved")}))
+    assert main(["compress", "sws", "--out", str(out), "--quiet", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "moved" in err and "give --from" in err
+
+
+def test_compress_without_from_is_refused(tmp_path, capsys):
+    assert main(["compress", "sws", "--out", str(tmp_path / "x")]) == 2
+    assert "--from is required" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_resume_keeps_the_stored_settings(compressed, pretrained, sws_quick, tmp_path):
     out = tmp_path / "sws"
     shutil.copytree(compressed[0], out)

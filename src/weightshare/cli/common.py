@@ -18,7 +18,7 @@ def command(name: str) -> Callable:
 
 RESUME_NOTE = """--resume continues the run in --out with the settings it was started with (a run stopped
 before its first epoch ended starts from epoch 0); a setting given again must have its stored
-value, only --data-dir may change."""
+value, only --data-dir may change, and compress's --from (by default the run it records)."""
 
 
 def exit_codes() -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weightshare.core import settings as cfgmod
+from weightshare.core.errors import ConfigError, RunDirError
 from weightshare.data.config import DataConfig
 from weightshare.train.config import TrainConfig
 from weightshare.train.distributed import is_main_process
@@ -118,7 +120,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 
 def _add_compress_options(p: argparse.ArgumentParser, cls: type) -> None:
     """The options of ``weightshare compress METHOD``: the run, then the method's settings and the sections'."""
-    p.add_argument("--from", dest="source", required=True, help="pretrained run directory")
+    p.add_argument(
+        "--from", dest="source", help="pretrained run directory (with --resume: by default the one the run records)"
+    )
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument(
         "--preset",
@@ -144,10 +148,14 @@ def _compress(args: argparse.Namespace) -> int:
     cls = config_class(args.method)
     if args.resume:
         config = _resumed_method_config(cls, args)
+        source = args.source or _recorded_source(args.out, cls.method)
+    elif args.source is None:
+        raise ConfigError("--from is required: the pretrained run directory to compress (only --resume may omit it)")
     else:
         config = resolve_method_config(cls, args, open_source_run(args.source).config)
+        source = args.source
     report = compress(
-        args.source, config, args.out, resume=args.resume, progress=not args.quiet, record_frames=args.make_gif
+        source, config, args.out, resume=args.resume, progress=not args.quiet, record_frames=args.make_gif
     )
     if not is_main_process():
         return 0
@@ -165,6 +173,20 @@ def _compress(args: argparse.Namespace) -> int:
 
         print(f"animation: {make_gif(args.out)}")
     return 0
+
+
+def _recorded_source(out: str, method: str) -> str:
+    """The pretrained run that the compression run in ``out`` was started from, as its ``config.json`` records it."""
+    from weightshare.pipeline.compress import open_compress_run
+    from weightshare.pipeline.rundirs import recorded
+
+    source = str(recorded(open_compress_run(out, method), "source"))
+    if not Path(source).is_dir():  # recorded as typed: a relative path holds only from where the run started
+        raise RunDirError(
+            f"{out} was started from the pretrained run {source!r}, which is not a directory from {Path.cwd()}: "
+            "give --from with where that run is now"
+        )
+    return source
 
 
 def _resumed_method_config(cls: type[MethodConfig], args: argparse.Namespace) -> MethodConfig:
