@@ -215,12 +215,7 @@ def fit(
     method = method or TrainingHooks()
     main = dist is None or dist.is_main
     optimizer = build_optimizer(model, method, cfg)
-    rows, start = list(history or []), 0
-    if resume and run is None:
-        raise RunDirError("resuming needs the run directory that holds the checkpoint")
-    if resume and has_checkpoint(run):  # interrupted before its first checkpoint: start from epoch 0
-        restored = load_checkpoint(run, model, optimizer, method, phase=phase)
-        start, rows = restored["epoch"] + 1, restored["history"]
+    start, rows = _starting_point(run, resume, model, optimizer, method, phase, history)
     steps = _steps_per_epoch(len(data.train), batch_size, dist)
     net = dist.wrap(model) if dist is not None else model
     with tqdm(
@@ -241,12 +236,7 @@ def fit(
             if dist is not None:
                 dist.check_identical(_training_state(model, method), f"after epoch {epoch + 1}")
             row = {"phase": phase, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats}
-            row["val_error"] = evaluate(model, data.val, dist=dist)["error"]
-            if cfg.eval_test:
-                row["test_error"] = evaluate(model, data.test, dist=dist)["error"]
-            row.update(method.epoch_metrics(model))
-            row["seconds"] = seconds
-            rows.append(row)
+            rows.append({**row, **_evaluated(model, data, cfg.eval_test, method, dist), "seconds": seconds})
             if not main:
                 continue
             if run is not None:
@@ -255,8 +245,36 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, model)
             if progress:
-                tqdm.write(_epoch_line(row, method.progress_keys))
+                tqdm.write(_epoch_line(rows[-1], method.progress_keys))
     return FitResult(model, rows)
+
+
+def _starting_point(
+    run: RunDir | None,
+    resume: bool,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: TrainingHooks,
+    phase: str,
+    history: list[dict[str, Any]] | None,
+) -> tuple[int, list[dict[str, Any]]]:
+    """The first epoch to train and the rows so far: from the checkpoint when resuming, else epoch 0."""
+    if resume and run is None:
+        raise RunDirError("resuming needs the run directory that holds the checkpoint")
+    if resume and has_checkpoint(run):  # interrupted before its first checkpoint: start from epoch 0
+        restored = load_checkpoint(run, model, optimizer, method, phase=phase)
+        return restored["epoch"] + 1, restored["history"]
+    return 0, list(history or [])
+
+
+def _evaluated(
+    model: nn.Module, data: DataBundle, eval_test: bool, method: TrainingHooks, dist: Distributed | None
+) -> dict[str, Any]:
+    """An epoch's evaluation columns: validation (and test) error, then the method's own metrics."""
+    row = {"val_error": evaluate(model, data.val, dist=dist)["error"]}
+    if eval_test:
+        row["test_error"] = evaluate(model, data.test, dist=dist)["error"]
+    return {**row, **method.epoch_metrics(model)}
 
 
 def _training_state(model: nn.Module, method: TrainingHooks) -> dict[str, Any]:
