@@ -39,7 +39,7 @@ def test_compress_with_a_preset_from_python(tiny_run, tmp_path):
     assert report["errors"]["decoded"]["test_error"] <= 20.0
     assert 0.2 <= report["totals"]["nonzero_fraction"] <= 0.45
     # --resume reads the recipe back; the data settings that ran come back as overrides that give them again
-    overrides = DataOverrides(val_size=stored["data"]["val_size"], batch_size=32)
+    overrides = DataOverrides(val_size=stored["data"]["val_size"], batch_size=32, shift=stored["data"]["shift"])
     assert stored_config(stored) == dataclasses.replace(config, data=overrides)
 
 
@@ -83,7 +83,9 @@ def test_the_source_runs_shift_is_inherited_unless_overridden(tmp_path):
     for overrides, expected in ((DataOverrides(), 1), (DataOverrides(shift=0), 0)):
         out = tmp_path / f"dc{expected}"
         compress(source, dataclasses.replace(config, data=overrides), out, progress=False)
-        assert json.loads((out / "config.json").read_text())["data"]["shift"] == expected
+        stored = json.loads((out / "config.json").read_text())
+        assert stored["data"]["shift"] == expected
+        assert stored_config(stored).data.shift == expected  # --resume trains on what ran, not the source's
 
 
 def test_the_assignment_gap_warning_says_whether_the_zeros_lost_it():

@@ -19,7 +19,7 @@ from weightshare.core.errors import MismatchError, RunDirError
 from weightshare.core.io import save_tensors
 from weightshare.core.quantized import QuantizedModel
 from weightshare.core.settings import validate
-from weightshare.data.config import DataConfig
+from weightshare.data.config import DataConfig, DataOverrides
 from weightshare.data.datasets import DataBundle, load_data
 from weightshare.finish.config import FinishConfig
 from weightshare.finish.stages import run_finishing
@@ -209,7 +209,10 @@ def stored_config(stored: dict[str, Any]) -> MethodConfig:
     """
     cls = config_class(stored["method"])
     sections = {name: stored[name] for name in cls.section_names() if name in stored}
-    sections["data"] = {k: stored["data"][k] for k in ("val_size", "batch_size", "data_dir")}
+    # Every [data] setting a run may override, as it ran (a run made before `shift` existed has none).
+    sections["data"] = {
+        f.name: stored["data"][f.name] for f in dataclasses.fields(DataOverrides) if f.name in stored["data"]
+    }
     if "finish" not in stored:  # a run started before [finish] existed kept these with the method's settings
         own = dict(sections[cls.method])
         sections["finish"] = {f.name: own.pop(f.name) for f in dataclasses.fields(FinishConfig) if f.name in own}
