@@ -284,6 +284,21 @@ def test_resume_names_a_recorded_source_that_is_gone(compressed, tmp_path, capsy
     assert "moved" in err and "give --from" in err
 
 
+def test_refinish_changes_only_the_finish_settings_it_is_given(compressed, tmp_path, capsys):
+    source, out = compressed[0], tmp_path / "bits4"
+    ran = json.loads((source / "config.json").read_text())
+    capsys.readouterr()
+    assert main(["refinish", "--from", str(source), "--out", str(out), "--dense-param-bits", "4", "--quiet"]) == 0
+    assert "decoded" in capsys.readouterr().out  # the run's summary
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["finish"] == {**ran["finish"], "dense_param_bits": 4}
+    assert {k: v for k, v in stored.items() if k not in ("finish", "refinished_from")} == {
+        k: v for k, v in ran.items() if k != "finish"
+    }
+    report = json.loads((out / "report.json").read_text())
+    assert report["method_summary"]["dense_params_quantized"]["bits"] == 4
+
+
 def test_compress_without_from_is_refused(tmp_path, capsys):
     assert main(["compress", "sws", "--out", str(tmp_path / "x")]) == 2
     assert "--from is required" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -42,7 +42,7 @@ from weightshare.methods import (
 from weightshare.methods.space import SearchRange
 from weightshare.methods.sws.prior import MixtureConfig, MixturePrior
 from weightshare.models.architectures import build_model, count_parameters
-from weightshare.pipeline.compress import compress
+from weightshare.pipeline.compress import compress, refinish
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.report.accounting import paper_style, values_only, weight_entropy_bits
 from weightshare.search import TuneConfig, compare, tune
@@ -94,6 +94,7 @@ __all__ = [
     "build_model",
     "check_compatible",
     "compress",
+    "refinish",
     "count_parameters",
     "covered_parameters",
     "CoverageRule",

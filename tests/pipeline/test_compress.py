@@ -2,14 +2,15 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
-from weightshare.core.errors import ConfigError
+from weightshare.core.errors import ConfigError, RunDirError
 from weightshare.data.config import DataConfig, DataOverrides
 from weightshare.finish.config import FinishConfig
 from weightshare.methods import DCConfig, SWSConfig
-from weightshare.pipeline.compress import compress, result_warnings, stored_config
+from weightshare.pipeline.compress import compress, refinish, result_warnings, stored_config
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.train.config import TrainConfig
 
@@ -63,6 +64,59 @@ def test_data_and_finish_sections_drive_the_run(tiny_run, tmp_path):
     assert report["totals"]["nonzero_fraction"] == pytest.approx(0.3, abs=0.002)
     phases = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert phases == ["pretrain"] * 4 + ["retrain"] * 2 + ["codebook"]
+
+
+@pytest.fixture(scope="module")
+def dc_run(tiny_run):
+    """A quick Deep Compression run with float biases and one epoch of codebook fine-tuning."""
+    config = DCConfig.preset("digits")
+    config = dataclasses.replace(
+        config, prune_rounds=1, prune_epochs=1, quant_epochs=1, train=dataclasses.replace(config.train, epochs=2),
+        finish=FinishConfig(codebook_epochs=1, codebook_lr=1e-3),
+    )  # fmt: skip
+    out = tiny_run.parent / "dc"
+    compress(tiny_run, config, out, progress=False)
+    return out
+
+
+def _phases(run):
+    return [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+
+
+def test_refinish_runs_the_finish_stages_again_on_a_copy(dc_run, tmp_path):
+    before = (dc_run / "model.wsz").read_bytes()
+    old = json.loads((dc_run / "report.json").read_text())
+    finish = FinishConfig(codebook_epochs=1, codebook_lr=1e-3, dense_param_bits=4)
+    report = refinish(dc_run, finish, tmp_path / "bits4", progress=False)
+    stored = json.loads((tmp_path / "bits4" / "config.json").read_text())
+    assert stored["finish"]["dense_param_bits"] == 4 and stored["refinished_from"] == str(dc_run)
+    assert (dc_run / "model.wsz").read_bytes() == before  # the run it came from is left as it was
+    assert _phases(tmp_path / "bits4") == ["pretrain"] * 4 + ["retrain"] * 2 + ["codebook"]
+    # 4-bit biases: each of the MLP's biases costs at most 4 bits plus its table, not a float's bytes.
+    assert report["file"]["components"]["biases"] < old["file"]["components"]["biases"] / 2
+    assert report["errors"]["retrained"] == old["errors"]["retrained"]  # the same retrained network
+    same = refinish(dc_run, FinishConfig(codebook_epochs=1, codebook_lr=1e-3), tmp_path / "again", progress=False)
+    assert (tmp_path / "again" / "model.wsz").read_bytes() == before and same["errors"] == old["errors"]
+
+
+def test_a_finished_run_resumed_keeps_one_set_of_finish_rows(dc_run, tmp_path):
+    out = tmp_path / "dc"
+    shutil.copytree(dc_run, out)
+    compress(dc_run.parent / "pre", stored_config(json.loads((out / "config.json").read_text())), out,
+             resume=True, progress=False)  # fmt: skip
+    assert _phases(out) == ["pretrain"] * 4 + ["retrain"] * 2 + ["codebook"]
+    assert (out / "model.wsz").read_bytes() == (dc_run / "model.wsz").read_bytes()
+
+
+def test_refinish_refuses_a_retraining_that_has_not_finished(dc_run, tmp_path):
+    out = tmp_path / "dc"
+    shutil.copytree(dc_run, out)
+    stored = json.loads((out / "config.json").read_text())
+    stored["train"]["epochs"] = 5
+    (out / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(RunDirError, match=r"retrained 2 of 5 epochs.*compress dc --out .* --resume"):
+        refinish(out, FinishConfig(dense_param_bits=4), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_configs_are_refused_before_any_work(tiny_run, tmp_path):

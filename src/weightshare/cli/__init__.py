@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from weightshare.cli.common import COMMANDS, RAW_HELP, command_name, exit_codes
 from weightshare.cli.files import _add_codec, _add_evaluate, _add_export, _add_plot
-from weightshare.cli.runs import _add_compress, _add_demo, _add_pretrain, _add_sensitivity
+from weightshare.cli.runs import _add_compress, _add_demo, _add_pretrain, _add_refinish, _add_sensitivity
 from weightshare.cli.search import _add_compare, _add_tune
 from weightshare.cli.settings import foreign_setting, method_alias, resolve_method_config, resolve_settings
 from weightshare.core.errors import USAGE_ERRORS, USER_ERRORS, RunInterrupted
@@ -30,8 +30,8 @@ __all__ = ["main", "build_parser", "resolve_method_config", "resolve_settings"]
 # --- entry point --------------------------------------------------------------------------------
 
 PARSER_BUILDERS = [
-    _add_pretrain, _add_compress, _add_tune, _add_compare, _add_codec, _add_export, _add_evaluate, _add_plot,
-    _add_demo, _add_sensitivity,
+    _add_pretrain, _add_compress, _add_refinish, _add_tune, _add_compare, _add_codec, _add_export, _add_evaluate,
+    _add_plot, _add_demo, _add_sensitivity,
 ]  # fmt: skip
 
 

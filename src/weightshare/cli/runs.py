@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weightshare.core import settings as cfgmod
-from weightshare.core.errors import ConfigError, RunDirError
+from weightshare.core.errors import ConfigError
 from weightshare.data.config import DataConfig
+from weightshare.finish.config import FinishConfig
 from weightshare.train.config import TrainConfig
 from weightshare.train.distributed import is_main_process
 from weightshare.train.presets import PRETRAIN_PRESETS, get_preset
@@ -141,14 +142,13 @@ def _add_compress_options(p: argparse.ArgumentParser, cls: type) -> None:
 @command("compress")
 def _compress(args: argparse.Namespace) -> int:
     from weightshare.methods import config_class
-    from weightshare.pipeline.compress import collapsed, compress
+    from weightshare.pipeline.compress import compress, open_compress_run, recorded_source
     from weightshare.pipeline.pretrain import open_source_run
-    from weightshare.report.run_report import format_summary
 
     cls = config_class(args.method)
     if args.resume:
         config = _resumed_method_config(cls, args)
-        source = args.source or _recorded_source(args.out, cls.method)
+        source = args.source or recorded_source(open_compress_run(args.out, cls.method))
     elif args.source is None:
         raise ConfigError("--from is required: the pretrained run directory to compress (only --resume may omit it)")
     else:
@@ -159,6 +159,18 @@ def _compress(args: argparse.Namespace) -> int:
     )
     if not is_main_process():
         return 0
+    if (code := _print_outcome(args, report)) == 0 and args.make_gif:
+        from weightshare.plots.run import make_gif
+
+        print(f"animation: {make_gif(args.out)}")
+    return code
+
+
+def _print_outcome(args: argparse.Namespace, report: dict) -> int:
+    """A compression run's summary and warnings; the exit code (3: the result collapsed)."""
+    from weightshare.pipeline.compress import collapsed
+    from weightshare.report.run_report import format_summary
+
     print(format_summary(report))
     for warning in report["warnings"]:
         print(f"{command_name(args)}: warning: {warning['message']}", file=sys.stderr)
@@ -168,25 +180,7 @@ def _compress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
-    if args.make_gif:
-        from weightshare.plots.run import make_gif
-
-        print(f"animation: {make_gif(args.out)}")
     return 0
-
-
-def _recorded_source(out: str, method: str) -> str:
-    """The pretrained run that the compression run in ``out`` was started from, as its ``config.json`` records it."""
-    from weightshare.pipeline.compress import open_compress_run
-    from weightshare.pipeline.rundirs import recorded
-
-    source = str(recorded(open_compress_run(out, method), "source"))
-    if not Path(source).is_dir():  # recorded as typed: a relative path holds only from where the run started
-        raise RunDirError(
-            f"{out} was started from the pretrained run {source!r}, which is not a directory from {Path.cwd()}: "
-            "give --from with where that run is now"
-        )
-    return source
 
 
 def _resumed_method_config(cls: type[MethodConfig], args: argparse.Namespace) -> MethodConfig:
@@ -200,6 +194,35 @@ def _resumed_method_config(cls: type[MethodConfig], args: argparse.Namespace) ->
     if args.data_dir:
         config.data.data_dir = args.data_dir
     return config
+
+
+# --- refinish ---------------------------------------------------------------------------------
+
+
+def _add_refinish(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "refinish",
+        help="the [finish] stages again, with other settings, on a compression run's retrained network",
+        description="Copy the retraining of compression run --from into a new run --out and run the [finish] "
+        "stages there with the settings given: minutes instead of a retraining. A [finish] setting not given keeps "
+        "the value --from ran with (the defaults quoted below are those of a new compress run).",
+        epilog=exit_codes(),
+        formatter_class=RAW_HELP,
+    )
+    p.add_argument("--from", dest="source", required=True, help="compression run whose retraining has finished")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--config", help="TOML file with a [finish] table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    cfgmod.add_arguments(p, FinishConfig, section="finish")
+
+
+@command("refinish")
+def _refinish(args: argparse.Namespace) -> int:
+    from weightshare.pipeline.compress import open_compress_run, refinish, stored_config
+
+    ran = dataclasses.asdict(stored_config(open_compress_run(args.source).config).finish)
+    (finish,) = resolve_settings([FinishConfig], args, {}, base={"finish": ran})
+    return _print_outcome(args, refinish(args.source, finish, args.out, progress=not args.quiet))
 
 
 # --- demo -------------------------------------------------------------------------------------

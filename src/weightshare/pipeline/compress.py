@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,8 @@ from weightshare.pipeline.pretrain import load_run_model, set_threads
 from weightshare.pipeline.rundirs import check_new, interruptible, open_run, recorded, training_run
 from weightshare.report.run_report import build_report, write_report
 from weightshare.runs.rundir import RunDir
-from weightshare.runs.schema import COMPRESSED, CONFIG, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
+from weightshare.runs.schema import CHECKPOINTS, COMPRESSED, CONFIG, FRAMES, MODEL_FINAL, MODEL_INIT, QUANTIZED
+from weightshare.train.checkpoint import checkpointed_epochs
 from weightshare.train.distill import Distillation
 from weightshare.train.distributed import Distributed, session
 from weightshare.train.loop import evaluate_model, fit
@@ -41,6 +43,8 @@ __all__ = [
     "open_compress_run",
     "resolve_recipe",
     "recorded_method",
+    "recorded_source",
+    "refinish",
     "result_warnings",
     "stored_config",
     "write_and_report",
@@ -130,15 +134,60 @@ def _retrain(
             for callback in callbacks:
                 callback(epoch, net)
 
-        fit(model, data, config.train, method=hooks, run=run, phase="retrain", resume=resume,
+        fitted = fit(model, data, config.train, method=hooks, run=run, phase="retrain", resume=resume,
             batch_size=data_cfg.batch_size, progress=progress, history=history, on_epoch=after_epoch,
             dist=dist, distill=distill)  # fmt: skip
         if not writer:
             return {}
         errors["retrained"] = evaluate_model(model, data)
         return _finalize_and_finish(
-            run, model, hooks, config, data, errors, batch_size=data_cfg.batch_size, progress=progress
+            run, model, hooks, config, data, errors, history=fitted.history, batch_size=data_cfg.batch_size,
+            progress=progress,
+        )  # fmt: skip
+
+
+def refinish(
+    run: str | os.PathLike,
+    finish: FinishConfig,
+    out: str | os.PathLike,
+    *,
+    progress: bool = True,
+    data: DataBundle | None = None,
+) -> dict[str, Any]:
+    """The ``[finish]`` stages again, now with ``finish``, on the retrained network of compression run ``run``.
+
+    The finish stages take minutes, the retraining hours: the retraining's checkpoint is copied into a new run
+    ``out`` (``run`` is left as it is) and continued there as ``compress --resume`` would, so ``out`` holds the
+    file, report and records of a run started with the new ``[finish]``. Returns the report.
+
+    >>> refinish("runs/lenet5-sws", FinishConfig(dense_param_bits=4), "runs/lenet5-sws-4bit")  # doctest: +SKIP
+    """
+    old = open_compress_run(run)
+    config = dataclasses.replace(stored_config(old.config), finish=validate(copy.deepcopy(finish)))
+    done = checkpointed_epochs(old, "retrain")
+    if done < config.train.epochs:
+        raise RunDirError(
+            f"{run} has retrained {done} of {config.train.epochs} epochs: finish it first with "
+            f"weightshare compress {config.method} --out {run} --resume"
         )
+    source = recorded_source(old)
+    record = {**old.config, "finish": dataclasses.asdict(config.finish), "refinished_from": str(run)}
+    new = RunDir.create(out, record)
+    shutil.copytree(old.path_of(CHECKPOINTS), new.path_of(CHECKPOINTS))
+    if old.has(MODEL_INIT):
+        shutil.copy2(old.path_of(MODEL_INIT), new.path_of(MODEL_INIT))
+    return compress(source, config, out, resume=True, progress=progress, data=data)
+
+
+def recorded_source(run: RunDir) -> str:
+    """The pretrained run that compression run ``run`` was started from, as its ``config.json`` records it."""
+    source = str(recorded(run, "source"))
+    if not os.path.isdir(source):  # recorded as typed: a relative path holds only from where the run started
+        raise RunDirError(
+            f"{run.path} was started from the pretrained run {source!r}, which is not a directory from "
+            f"{os.getcwd()}: give --from with where that run is now"
+        )
+    return source
 
 
 def open_compress_run(out: str | os.PathLike, method: str | None = None) -> RunDir:
@@ -172,10 +221,14 @@ def _finalize_and_finish(
     data: DataBundle,
     errors: dict[str, dict[str, float]],
     *,
+    history: list[dict[str, Any]],
     batch_size: int,
     progress: bool,
 ) -> dict[str, Any]:
-    """The method's records and hard assignment, then the ``[finish]`` stages, then the file and its report."""
+    """The method's records and hard assignment, then the ``[finish]`` stages, then the file and its report.
+
+    ``history`` is metrics.csv up to the end of the retraining; the finish stages' rows follow it.
+    """
     for name, record in hooks.records().items():
         run.write_record(name, record)
     save_tensors(run.path_of(MODEL_FINAL), model.state_dict())
@@ -183,10 +236,9 @@ def _finalize_and_finish(
     qmodel.meta.update({"method": config.method, "model": config.train.model})
     finished = run_finishing(
         model, qmodel, data, config.finish, config.train,
-        batch_size=batch_size, progress=progress, history=run.read_metrics(),
+        batch_size=batch_size, progress=progress, history=history,
     )  # fmt: skip
-    if finished.rows:
-        run.write_metrics(finished.rows)
+    run.write_metrics(finished.rows or history)  # a resumed run's earlier finish rows are not kept twice
     summary = {**hooks.summary(), **finished.summary()}
     return write_and_report(
         run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary,
