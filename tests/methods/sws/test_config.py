@@ -15,7 +15,7 @@ def test_lenet5_preset_is_a_whole_recipe():
     cfg = SWSConfig.preset("lenet5")
     assert (cfg.tau, cfg.lr_w) == (5e-2, 1e-3)
     assert cfg.data.val_size == 0  # the paper's protocol: retrain on every training image
-    assert (cfg.finish.codebook_epochs, cfg.finish.codebook_lr, cfg.finish.remove_dead) == (3, 1e-3, True)
+    assert cfg.finish == FinishConfig(remove_dead=True, dense_param_bits=4, codebook_epochs=3, codebook_lr=1e-3)
     assert (cfg.train.epochs, cfg.train.lr_schedule) == (100, "cosine")
 
 
