@@ -158,9 +158,8 @@ def refinish(
 
     The finish stages take minutes, the retraining hours: the retraining's checkpoint is copied into a new run
     ``out`` (``run`` is left as it is) and continued there as ``compress --resume`` would, so ``out`` holds the
-    file, report and records of a run started with the new ``[finish]``. Returns the report.
-
-    >>> refinish("runs/lenet5-sws", FinishConfig(dense_param_bits=4), "runs/lenet5-sws-4bit")  # doctest: +SKIP
+    file, report and records of a run started with the new ``[finish]``, e.g.
+    ``refinish("runs/lenet5-sws", FinishConfig(dense_param_bits=4), "runs/lenet5-sws-4bit")``. Returns the report.
     """
     old = open_compress_run(run)
     config = dataclasses.replace(stored_config(old.config), finish=validate(copy.deepcopy(finish)))
