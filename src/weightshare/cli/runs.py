@@ -142,13 +142,12 @@ def _add_compress_options(p: argparse.ArgumentParser, cls: type) -> None:
 @command("compress")
 def _compress(args: argparse.Namespace) -> int:
     from weightshare.methods import config_class
-    from weightshare.pipeline.compress import compress, open_compress_run, recorded_source
+    from weightshare.pipeline.compress import compress
     from weightshare.pipeline.pretrain import open_source_run
 
     cls = config_class(args.method)
     if args.resume:
-        config = _resumed_method_config(cls, args)
-        source = args.source or recorded_source(open_compress_run(args.out, cls.method))
+        config, source = _resumed_run(cls, args)
     elif args.source is None:
         raise ConfigError("--from is required: the pretrained run directory to compress (only --resume may omit it)")
     else:
@@ -183,17 +182,19 @@ def _print_outcome(args: argparse.Namespace, report: dict) -> int:
     return 0
 
 
-def _resumed_method_config(cls: type[MethodConfig], args: argparse.Namespace) -> MethodConfig:
-    """The recipe the run in ``--out`` was started with; a setting given with another value is refused."""
-    from weightshare.pipeline.compress import open_compress_run, stored_config
+def _resumed_run(cls: type[MethodConfig], args: argparse.Namespace) -> tuple[MethodConfig, str]:
+    """The recipe the run in ``--out`` was started with (a setting given with another value is refused) and its
+    pretrained run: ``--from``, or the one ``config.json`` records."""
+    from weightshare.pipeline.compress import open_compress_run, recorded_source, stored_config
 
-    config = stored_config(open_compress_run(args.out, cls.method).config)
+    run = open_compress_run(args.out, cls.method)
+    config = stored_config(run.config)
     preset = (f"{cls.method} preset {args.preset!r}", cls.preset_sections(args.preset)) if args.preset else None
     layers = given_layers(args, cls.section_names(), preset, cfgmod.sections_from_args(args, cls, cls.method))
     refuse_changes(layers, lambda given: cfgmod.validate(config.updated(given)).sections())
     if args.data_dir:
         config.data.data_dir = args.data_dir
-    return config
+    return config, args.source or recorded_source(run)
 
 
 # --- refinish ---------------------------------------------------------------------------------
