@@ -22,6 +22,7 @@ from weightshare.codec import (
     encode,
     entropy_bound_bytes,
     file_rates,
+    float16_rounded,
     format_inspect,
     inspect,
     load_compressed,
@@ -311,6 +312,20 @@ def test_float16_option() -> None:
     big = QuantizedModel([torch.tensor([0.0, 1e6])], {}, {})
     with pytest.raises(ValueError, match="float16 range"):
         encode(big, float16=True)
+    with pytest.raises(ValueError, match="codebook 0: values beyond the float16 range"):
+        float16_rounded(big)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(qmodels())
+def test_float16_rounded_is_what_a_float16_file_gives_back(q: QuantizedModel) -> None:
+    before = encode(q)
+    half = float16_rounded(q)
+    assert_same(half, decode(encode(half, float16=True)))  # lossless from here on
+    assert_same(q, half, float16=True)  # rounded exactly as the encoder rounds
+    assert encode(q) == before  # q is left as it was
+    q.dense["steps"] = torch.tensor([3, 70000, -1])  # not a float32: stays as it is
+    assert torch.equal(float16_rounded(q).dense["steps"], q.dense["steps"])
 
 
 # --- format version 2: element types, aliases; version 1 still read ----------------------------------

@@ -5,14 +5,19 @@ import json
 import shutil
 
 import pytest
+import torch
 
+from weightshare.codec import float16_rounded, inspect, load_compressed
 from weightshare.core.errors import ConfigError, RunDirError
 from weightshare.data.config import DataConfig, DataOverrides
+from weightshare.data.datasets import load_data
 from weightshare.finish.config import FinishConfig
 from weightshare.methods import DCConfig, SWSConfig
+from weightshare.models.architectures import build_model
 from weightshare.pipeline.compress import compress, refinish, result_warnings, stored_config
 from weightshare.pipeline.pretrain import pretrain
 from weightshare.train.config import TrainConfig
+from weightshare.train.loop import evaluate_model
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +102,22 @@ def test_refinish_runs_the_finish_stages_again_on_a_copy(dc_run, tmp_path):
     assert report["errors"]["retrained"] == old["errors"]["retrained"]  # the same retrained network
     same = refinish(dc_run, FinishConfig(codebook_epochs=1, codebook_lr=1e-3), tmp_path / "again", progress=False)
     assert (tmp_path / "again" / "model.wsz").read_bytes() == before and same["errors"] == old["errors"]
+
+
+def test_float16_stores_and_evaluates_the_rounded_model(dc_run, tmp_path):
+    old = json.loads((dc_run / "report.json").read_text())
+    finish = FinishConfig(codebook_epochs=1, codebook_lr=1e-3, float16=True)  # otherwise as dc_run finished
+    report = refinish(dc_run, finish, tmp_path / "half", progress=False)
+    half = load_compressed(tmp_path / "half" / "model.wsz")
+    expected = float16_rounded(load_compressed(dc_run / "model.wsz"))
+    assert inspect((tmp_path / "half" / "model.wsz").read_bytes()).float16 is True
+    assert all(torch.equal(a, b) for a, b in zip(half.codebooks, expected.codebooks, strict=True))
+    assert all(torch.equal(half.dense[n], t) for n, t in expected.dense.items())
+    assert report["decoded_equals_quantized"] is True  # the checkpoint holds the rounded model too
+    parts, old_parts = report["file"]["components"], old["file"]["components"]
+    assert parts["codebooks"] == old_parts["codebooks"] / 2 and parts["biases"] < old_parts["biases"]
+    data = load_data(DataConfig(**json.loads((tmp_path / "half" / "config.json").read_text())["data"]))
+    assert report["errors"]["decoded"] == evaluate_model(half.load_into(build_model("mlp", 10)), data)
 
 
 def test_a_finished_run_resumed_keeps_one_set_of_finish_rows(dc_run, tmp_path):

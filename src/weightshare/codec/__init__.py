@@ -8,6 +8,7 @@ from weightshare.codec.wsz import (
     decode,
     encode,
     entropy_bound_bytes,
+    float16_rounded,
     load_compressed,
     save_compressed,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "encode",
     "entropy_bound_bytes",
     "file_rates",
+    "float16_rounded",
     "format_inspect",
     "inspect",
     "load_compressed",

@@ -18,6 +18,7 @@ documented byte by byte in ``docs/format.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
     "decode",
     "encode",
     "entropy_bound_bytes",
+    "float16_rounded",
     "load_compressed",
     "save_compressed",
 ]
@@ -135,6 +137,30 @@ def encode(qmodel: QuantizedModel, *, float16: bool = False) -> bytes:
     aliases = [(alias, entry_of[target]) for alias, target in qmodel.aliases.items()]
     header = Header(float16, meta, [cb.numel() for cb in qmodel.codebooks], quantized, dense, aliases=aliases)
     return _write_file(header, body)
+
+
+def float16_rounded(qmodel: QuantizedModel) -> QuantizedModel:
+    """The model a ``float16`` file holds: codebook values and float32 dense tensors rounded to float16.
+
+    Encoding the result with ``float16=True`` is lossless, so the model can be evaluated (or fine-tuned
+    no further) exactly as the file will give it back. Values beyond float16's range are refused.
+
+    >>> q = QuantizedModel([torch.tensor([0.0, 0.1])], {"w": QuantizedTensor(torch.tensor([1, 0]))})
+    >>> half = float16_rounded(q)
+    >>> half.codebooks[0].tolist()
+    [0.0, 0.0999755859375]
+    >>> torch.equal(decode(encode(half, float16=True)).codebooks[0], half.codebooks[0])
+    True
+    """
+    codebooks = [_through_float16(cb, f"codebook {i}") for i, cb in enumerate(qmodel.codebooks)]
+    dense = {n: _through_float16(t, n) if t.dtype == torch.float32 else t for n, t in qmodel.dense.items()}
+    return dataclasses.replace(qmodel, codebooks=codebooks, dense=dense, meta=dict(qmodel.meta))
+
+
+def _through_float16(t: torch.Tensor, what: str) -> torch.Tensor:
+    """``t`` as the float16 flag stores and reads it back (the encoder's own path, so the two always agree)."""
+    half = np.frombuffer(_float_bytes(t.detach().cpu().numpy(), True, what), dtype="<f2")
+    return torch.from_numpy(half.astype(np.float32)).reshape(t.shape)
 
 
 def _plain_meta(meta: dict[str, object]) -> dict[str, object]:

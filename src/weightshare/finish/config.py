@@ -12,7 +12,7 @@ __all__ = ["FinishConfig"]
 @dataclasses.dataclass
 class FinishConfig:
     """QuantizedModel -> QuantizedModel stages, in this order: dead-weight removal, quantization of the float
-    parameters left dense, codebook fine-tuning.
+    parameters left dense, codebook fine-tuning, float16 storage.
 
     >>> FinishConfig().codebook_epochs
     0
@@ -32,3 +32,8 @@ class FinishConfig:
         0, "epochs that train the shared values and the dense tensors with every index fixed (0 = off)", ge=0
     )
     codebook_lr: float = setting(1e-4, "Adam learning rate of that fine-tuning (constant)", gt=0)
+    float16: bool = setting(
+        False,
+        "store the codebook values and the float32 dense tensors as float16 in the file (lossy, after every "
+        "other stage; the model decoded from the file is the one evaluated)",
+    )

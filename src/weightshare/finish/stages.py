@@ -6,7 +6,9 @@ not to the method, and is driven by the ``[finish]`` section (:class:`FinishConf
 1. dead-weight removal (lossless: the network computes exactly the same function);
 2. quantization of the float parameters left dense (biases, norms), each into a codebook of its own;
 3. codebook fine-tuning with every index fixed (Han et al. 2016, Sec. 3.3), which then trains
-   those codebooks too.
+   those codebooks too;
+4. float16 storage: the codebook values and float32 dense tensors rounded as the file's float16 flag
+   stores them, so that the model handed on is exactly the one the file gives back.
 
 When data is given, the model is evaluated before the lossy stages (``errors["snapped"]``: the
 method's hard assignment) and after the quantization of step 2 (``errors["dense_quantized"]``),
@@ -18,7 +20,8 @@ shared values.
 
 >>> import torch
 >>> from torch import nn
->>> from weightshare.core.quantized import QuantizedModel
+>>> from weightshare.codec.wsz import float16_rounded
+from weightshare.core.quantized import QuantizedModel
 >>> net = nn.Linear(2, 1)
 >>> codebook, index = torch.tensor([0.0, 0.5]), torch.tensor([[1, 0]])
 >>> q = QuantizedModel.from_assignments(net.state_dict(), {"weight": index}, [codebook])
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightshare.codec.wsz import float16_rounded
 from weightshare.core.quantized import QuantizedModel
 from weightshare.data.datasets import DataBundle
 from weightshare.finish.codebook_tuning import tune_codebooks
@@ -99,6 +103,8 @@ def run_finishing(
             model, finished.qmodel, data, train, epochs=config.codebook_epochs, lr=config.codebook_lr,
             batch_size=batch_size, progress=progress, history=history,
         )  # fmt: skip
+    if config.float16:
+        finished.qmodel = float16_rounded(finished.qmodel)
     return finished
 
 

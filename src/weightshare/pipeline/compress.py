@@ -241,7 +241,7 @@ def _finalize_and_finish(
     summary = {**hooks.summary(), **finished.summary()}
     return write_and_report(
         run, finished.qmodel, data, errors=errors | finished.errors, method_summary=summary,
-        hint=hooks.collapse_hint(), coverage=hooks.coverage_reasons(),
+        hint=hooks.collapse_hint(), coverage=hooks.coverage_reasons(), float16=config.finish.float16,
     )  # fmt: skip
 
 
@@ -280,18 +280,20 @@ def write_and_report(
     method_summary: dict[str, Any] | None = None,
     hint: str = Method.collapse_hint(),
     coverage: dict[str, str] | None = None,
+    float16: bool = False,
 ) -> dict[str, Any]:
     """Quantized checkpoint -> model.wsz -> decode -> evaluate the decoded model -> report.json.
 
     The report's ``warnings`` say when the result collapsed or lost much in the hard assignment (then with
     ``hint``, what usually helps); the files are written all the same, to be inspected. ``coverage``
     (``Method.coverage_reasons()``) goes into the report: why each dense tensor was not compressed.
+    ``float16`` sets the file's float16 flag (``[finish] float16``).
     """
     from weightshare.codec import load_compressed, save_compressed
     from weightshare.core.quantized import save_quantized
 
     save_quantized(qmodel, run.path_of(QUANTIZED))
-    nbytes = save_compressed(qmodel, run.path_of(COMPRESSED))
+    nbytes = save_compressed(qmodel, run.path_of(COMPRESSED), float16=float16)
     decoded = load_compressed(run.path_of(COMPRESSED))
     model_name = str(qmodel.meta["model"])
     net = decoded.load_into(build_model(model_name, data.num_classes))
