@@ -79,6 +79,23 @@ def test_divergence_names_the_epoch_and_keeps_the_checkpoint(digits, tmp_path):
     assert all(torch.equal(saved[k], after[k]) for k in saved)
 
 
+def test_grad_clip_bounds_every_step_of_the_weights(digits):
+    data = _small(digits, 64)
+    steps = []
+    for clip in (0.0, 0.05):
+        torch.manual_seed(0)
+        model = build_model("mlp")
+        before = [p.detach().clone() for p in model.parameters()]
+        cfg = TrainConfig(epochs=1, optimizer="sgd", lr=1.0, momentum=0.0, grad_clip=clip)
+        fit(model, data, cfg, batch_size=64, progress=False)  # one step: the change is lr x the (clipped) gradient
+        steps.append(
+            math.sqrt(
+                sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(model.parameters(), before, strict=True))
+            )
+        )
+    assert steps[0] > 0.2 and steps[1] == pytest.approx(0.05, rel=1e-4)  # unclipped: 0.207
+
+
 def test_lr_schedule_shapes():
     cosine = TrainConfig(epochs=10, lr_schedule="cosine", warmup_epochs=2)
     assert lr_factor(cosine, 0, 0, 10) == pytest.approx(0.05)

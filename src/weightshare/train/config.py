@@ -23,6 +23,9 @@ class TrainConfig:
     lr_step_epochs: int = setting(10, "step schedule: epochs between decays", ge=1)
     lr_step_gamma: float = setting(0.1, "step schedule: decay factor", gt=0, le=1)
     warmup_epochs: int = setting(0, "linear learning-rate warm-up (epochs)", ge=0)
+    grad_clip: float = setting(
+        0.0, "clip the norm of the model weights' gradient to this before each step (0 = off; Yang's gclip)", ge=0
+    )
     seed: int = setting(0, "random seed (initialisation, shuffling)", ge=0)
     eval_test: bool = setting(True, "also evaluate on the test set every epoch (for reporting only)")
     threads: int = setting(0, "torch CPU threads (0 = torch's default)", ge=0)

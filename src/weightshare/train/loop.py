@@ -158,6 +158,8 @@ def _train_epoch(net, model, data: DataBundle, cfg: TrainConfig, batch_size: int
         loss.backward()  # under DDP: the model's gradients are averaged over the ranks here
         if dist is not None:
             dist.average_gradients(outside)
+        if cfg.grad_clip:  # the model's own weights (group 0), as the reference clips model.parameters()
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.grad_clip)
         optimizer.step()
         method.after_step(model, TrainContext(optimizer, epoch, step, steps, cfg.epochs))
         n, value = len(y), float(loss.detach())
