@@ -20,8 +20,7 @@ shared values.
 
 >>> import torch
 >>> from torch import nn
->>> from weightshare.codec.wsz import float16_rounded
-from weightshare.core.quantized import QuantizedModel
+>>> from weightshare.core.quantized import QuantizedModel
 >>> net = nn.Linear(2, 1)
 >>> codebook, index = torch.tensor([0.0, 0.5]), torch.tensor([[1, 0]])
 >>> q = QuantizedModel.from_assignments(net.state_dict(), {"weight": index}, [codebook])
