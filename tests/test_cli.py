@@ -248,7 +248,9 @@ def test_a_finish_section_in_a_config_file_is_honoured(pretrained, tmp_path):
     )
     config = json.loads((out / "config.json").read_text())
     # the file's two settings over the digits preset's; the preset's own dense_param_bits (4) stays
-    assert config["finish"] == {"remove_dead": False, "dense_param_bits": 4, "codebook_epochs": 1, "codebook_lr": 1e-4}
+    assert config["finish"] == {
+        "remove_dead": False, "dense_param_bits": 4, "codebook_epochs": 1, "codebook_lr": 1e-4, "float16": False
+    }  # fmt: skip
     phases = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert phases[-3:] == ["retrain", "retrain", "codebook"]
     report = json.loads((out / "report.json").read_text())
