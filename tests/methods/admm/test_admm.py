@@ -242,14 +242,17 @@ def test_presets_are_valid_and_lenet5_is_the_reference_recipe():
         assert AdmmConfig.preset(name).train.optimizer == "sgd", name
     lenet5 = ADMM_PRESETS["lenet5"]
     assert lenet5["admm"] == {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True, "finetune_epochs": 20}
-    assert {k: lenet5["train"][k] for k in ("lr", "momentum", "weight_decay", "warmup_epochs", "epochs")} == {
+    keys = ("lr", "momentum", "weight_decay", "warmup_epochs", "epochs", "grad_clip")
+    assert {k: lenet5["train"][k] for k in keys} == {
         "lr": 0.1,
         "momentum": 0.93,
         "weight_decay": 5e-4,
         "warmup_epochs": 10,
         "epochs": 140,  # the reference's 120, then 20 of its finetune.py step
+        "grad_clip": 2.0,  # shifted batches at SGD 0.1 diverge without it
     }
-    assert lenet5["data"] == {"shift": 0}  # the reference's unshifted digits, whatever the pretrain used
+    assert lenet5["data"] == {"shift": 2}  # shifted digits, whatever the pretrain used
+    assert lenet5["finish"] == {"dense_param_bits": 4, "float16": True}
     numels = [500, 25000, 400000, 5000]  # LeNet-5-Caffe: 1975x values-only target (docs/methods.md#admm-presets)
     assert 32 * sum(numels) / model_size_budget(numels, 0.0054, 3) == pytest.approx(1975, rel=0.01)
 
