@@ -15,7 +15,9 @@ def test_lenet5_preset_is_a_whole_recipe():
     cfg = SWSConfig.preset("lenet5")
     assert (cfg.tau, cfg.lr_w) == (5e-2, 1e-3)
     assert cfg.data.val_size == 0  # the paper's protocol: retrain on every training image
-    assert cfg.finish == FinishConfig(remove_dead=True, dense_param_bits=4, codebook_epochs=3, codebook_lr=1e-3)
+    assert cfg.finish == FinishConfig(
+        remove_dead=True, dense_param_bits=4, codebook_epochs=3, codebook_lr=1e-3, float16=True
+    )  # fmt: skip
     assert (cfg.train.epochs, cfg.train.lr_schedule) == (100, "cosine")
 
 
@@ -26,7 +28,7 @@ def test_lenet300_preset_is_the_searched_recipe():
         tau=3.76e-2,
         lr_w=1.35e-3,
         train=TrainConfig(epochs=100, lr_schedule="cosine"),
-        finish=FinishConfig(remove_dead=True, dense_param_bits=4),
+        finish=FinishConfig(remove_dead=True, dense_param_bits=4, float16=True),
     )
     assert cfg == expected
     assert cfg.data == DataOverrides()
