@@ -142,8 +142,8 @@ def encode(qmodel: QuantizedModel, *, float16: bool = False) -> bytes:
 def float16_rounded(qmodel: QuantizedModel) -> QuantizedModel:
     """The model a ``float16`` file holds: codebook values and float32 dense tensors rounded to float16.
 
-    Encoding the result with ``float16=True`` is lossless, so the model can be evaluated (or fine-tuned
-    no further) exactly as the file will give it back. Values beyond float16's range are refused.
+    Encoding the result with ``float16=True`` is lossless, so the model can be evaluated exactly as the file
+    will give it back. Values beyond float16's range are refused.
 
     >>> q = QuantizedModel([torch.tensor([0.0, 0.1])], {"w": QuantizedTensor(torch.tensor([1, 0]))})
     >>> half = float16_rounded(q)

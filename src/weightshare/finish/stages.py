@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weightshare.codec.wsz import float16_rounded
+from weightshare.codec import float16_rounded
 from weightshare.core.quantized import QuantizedModel
 from weightshare.data.datasets import DataBundle
 from weightshare.finish.codebook_tuning import tune_codebooks
