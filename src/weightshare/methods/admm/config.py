@@ -103,6 +103,9 @@ class AdmmConfig(MethodConfig):
         0, "batches between quantization projections + dual updates (0 = once per epoch); a multiple of projint", ge=0
     )
     finetune_epochs: int = setting(0, "last epochs: fine-tune with mask and bit widths fixed (straight-through)", ge=0)
+    finetune_keep_nonzeros: bool = setting(
+        False, "fine-tuning: every weight of the mask keeps a non-zero level (the reference lets it round to 0)"
+    )
     finetune_refresh: int = setting(20, "fine-tuning: codebook refreshes (5 k-means steps) per epoch", ge=1)
     kmeans_iter: int = setting(100, "at most this many Lloyd iterations per layer", ge=1)
     cover_pattern: str | None = setting(None, "regex on parameter names selecting the covered tensors")

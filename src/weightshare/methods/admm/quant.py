@@ -20,7 +20,17 @@ import torch
 from weightshare.core.kmeans import assign_nearest, kmeans1d
 from weightshare.methods.admm.knapsack import mckp_greedy
 
-__all__ = ["MAX_BITS", "ZERO_EPS", "zero_codebook", "refine_codebook", "zero_quantize", "quantization_projection"]
+__all__ = [
+    "MAX_BITS",
+    "ZERO_EPS",
+    "zero_codebook",
+    "refine_codebook",
+    "zero_quantize",
+    "masked_codebook",
+    "refine_masked_codebook",
+    "masked_quantize",
+    "quantization_projection",
+]
 
 MAX_BITS = 8
 # Yang's util.py (_NZ_PES): in the quantization projection |x| < 1e-5 counts as zero.
@@ -67,6 +77,51 @@ def zero_quantize(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     index = assign_nearest(x, codebook)
     index[(x.detach().abs() < ZERO_EPS) | (codebook[index] == 0)] = 0
     return index
+
+
+def masked_codebook(x: torch.Tensor, mask: torch.Tensor, bits: int, max_iter: int = 100) -> torch.Tensor:
+    """Codebook ``[0, 2^bits centres]`` from k-means of ``x[mask]`` with no centre at 0, linearly initialised:
+    the levels of a fine-tuning in which every weight of the mask stays non-zero (``finetune_keep_nonzeros``).
+
+    >>> masked_codebook(torch.tensor([0.0, 0.01, 1.0, -2.0]), torch.tensor([False, True, True, True]), 1)
+    tensor([ 0.0000, -2.0000,  0.5050])
+    """
+    return _masked_kmeans(x, mask, 2**bits, "linear", max_iter)
+
+
+def refine_masked_codebook(x: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, max_iter: int) -> torch.Tensor:
+    """A few Lloyd steps on ``x[mask]`` from the free centres of ``codebook`` (no centre at 0).
+
+    >>> m = torch.tensor([True, True, True])
+    >>> refine_masked_codebook(torch.tensor([0.01, 1.0, -2.0]), m, torch.tensor([0.0, -1.0, 1.0]), 5)
+    tensor([ 0.0000, -2.0000,  0.5050])
+    """
+    if codebook.numel() < 2:
+        return codebook
+    return _masked_kmeans(x, mask, codebook.numel() - 1, codebook[1:], max_iter)
+
+
+def _masked_kmeans(
+    x: torch.Tensor, mask: torch.Tensor, k: int, init: str | torch.Tensor, max_iter: int
+) -> torch.Tensor:
+    values = x.detach()[mask]
+    if values.numel() == 0:
+        return x.new_zeros(1)
+    centres = kmeans1d(values, k, init=init, max_iter=max_iter).centroids
+    return torch.cat([x.new_zeros(1), centres])
+
+
+def masked_quantize(x: torch.Tensor, codebook: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Index of each masked value's nearest non-zero level (never 0); index 0 outside the mask.
+
+    >>> mask = torch.tensor([True, False, True])
+    >>> masked_quantize(torch.tensor([0.01, 0.3, -1.9]), torch.tensor([0.0, -2.0, 1.0]), mask)
+    tensor([2, 0, 1])
+    """
+    if codebook.numel() < 2:
+        return torch.zeros_like(x, dtype=torch.int64)
+    index = assign_nearest(x, codebook[1:]) + 1
+    return index.masked_fill_(~mask, 0)
 
 
 def _distortion(x: torch.Tensor, codebook: torch.Tensor) -> float:
