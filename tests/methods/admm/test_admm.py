@@ -11,8 +11,13 @@ from weightshare.core.settings import apply_overrides, validate
 from weightshare.data.datasets import DataBundle, Split
 from weightshare.methods import CONFIGS, METHODS
 from weightshare.methods.admm.config import ADMM_PRESETS, AdmmConfig
-from weightshare.methods.admm.method import ADMM, model_size_budget
-from weightshare.methods.admm.quant import quantization_projection
+from weightshare.methods.admm.method import ADMM, _FineTune, model_size_budget
+from weightshare.methods.admm.quant import (
+    masked_codebook,
+    masked_quantize,
+    quantization_projection,
+    refine_masked_codebook,
+)
 from weightshare.models.architectures import build_model
 from weightshare.report.accounting import values_only
 from weightshare.train.config import TrainConfig
@@ -188,6 +193,56 @@ def test_finetuning_fixes_mask_and_bits_and_trains_through_the_quantized_weights
     assert all(torch.equal(decoded[n], p.detach()) for n, p in _weights(model).items())  # the model is C[I]
 
 
+def _finetuned(state, digits, keep):
+    model = _pretrained(state)
+    cfg = AdmmConfig(nnz_budget=0.1, bit_budget=2, prox=True, finetune_epochs=2, finetune_keep_nonzeros=keep)
+    admm = ADMM(model, cfg)
+    admm.check_train(_sgd(4))
+    fit(model, _small(digits), _sgd(4), method=admm, batch_size=32, progress=False)
+    return model, admm
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_finetuning_start_rounds_small_masked_weights_to_0_unless_kept(keep):
+    # 1 bit: centres near -1 and +1; the kept 0.02 is nearer the fixed 0 than either (the reference drops it).
+    weight = torch.nn.Parameter(torch.tensor([0.0, 0.02, 0.9, 1.1, -1.0, -1.2, 0.0, 0.0]))
+    tune = _FineTune.start({"w": weight}, {"w": 1}, 50, keep_nonzeros=keep)
+    nonzero = weight.detach() != 0
+    assert torch.equal(tune.masks["w"], torch.tensor([False, True, True, True, True, True, False, False]))
+    assert bool(nonzero[1]) == keep and int(nonzero.sum()) == 4 + keep
+    assert not bool((nonzero & ~tune.masks["w"]).any())  # nothing outside the mask
+    assert torch.unique(weight.detach()[nonzero]).numel() <= 2  # 2^1 levels either way
+
+
+def test_keep_nonzeros_finetuning_spends_exactly_the_masks_bits(pretrained_state, digits):
+    model, admm = _finetuned(pretrained_state, digits, keep=True)
+    qmodel = admm.finalize(model)
+    size = _levels_ok(admm, qmodel)
+    for n, qt in qmodel.quantized.items():
+        assert torch.equal(qt.indices != 0, admm.finetune.masks[n])  # every weight of the mask, and no other
+    assert size == sum(admm.bits[n] * int(m.sum()) for n, m in admm.finetune.masks.items())
+
+
+def test_masked_quantize_never_gives_0_inside_the_mask():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2000, generator=gen) * 0.1
+    mask = torch.rand(2000, generator=gen) < 0.3
+    codebook = masked_codebook(x, mask, 2)
+    assert codebook.numel() == 5 and codebook[0] == 0 and bool((codebook[1:] != 0).all())
+    index = masked_quantize(x, codebook, mask)
+    assert bool((index[mask] > 0).all()) and bool((index[~mask] == 0).all())
+    nearest = (x[mask, None] - codebook[None, 1:]).abs().argmin(dim=1) + 1
+    assert torch.equal(index[mask], nearest)
+    # converged centres are a fixed point of Lloyd's steps (scaled data, scaled centres); worse ones move and improve
+    assert torch.allclose(refine_masked_codebook(x * 1.5, mask, codebook * 1.5, 5), codebook * 1.5, atol=1e-6)
+
+    def distortion(cb):
+        return float(((x - cb[masked_quantize(x, cb, mask)])[mask] ** 2).sum())
+
+    start = codebook * 0.5
+    assert distortion(refine_masked_codebook(x, mask, start, 5)) < 0.5 * distortion(start)
+
+
 def test_finetuning_needs_the_training_length(pretrained_state):
     model = _pretrained(pretrained_state)
     admm = ADMM(model, AdmmConfig(nnz_budget=0.1, bit_budget=3, finetune_epochs=1))
@@ -198,9 +253,13 @@ def test_finetuning_needs_the_training_length(pretrained_state):
 # --- resume --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop_after", [0, 3])  # in the ADMM phase (epochs 1-3), in the fine-tuning phase (4-5)
-def test_resume_equals_uninterrupted(pretrained_state, digits, resume_check, stop_after):
-    cfg = AdmmConfig(nnz_budget=0.1, bit_budget=3, prox=True, projint=3, dualint=6, finetune_epochs=2)
+@pytest.mark.parametrize(  # in the ADMM phase (epochs 1-3), in the fine-tuning phase (4-5)
+    ("stop_after", "keep"), [(0, False), (3, False), (3, True)]
+)
+def test_resume_equals_uninterrupted(pretrained_state, digits, resume_check, stop_after, keep):
+    cfg = AdmmConfig(
+        nnz_budget=0.1, bit_budget=3, prox=True, projint=3, dualint=6, finetune_epochs=2, finetune_keep_nonzeros=keep
+    )
     train, data = _sgd(5, warmup_epochs=1), _small(digits)
 
     def make():
