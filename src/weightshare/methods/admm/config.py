@@ -95,7 +95,8 @@ class AdmmConfig(MethodConfig):
 
     nnz_budget: float = setting(0.5, "non-zero budget: S = bit_budget x sum_l ceil(nnz_budget x n_l) bits", gt=0, le=1)
     bit_budget: float = setting(4.0, "bit budget: average bits per non-zero allowed by S", ge=1, le=MAX_BITS)
-    bwlb: int = setting(1, "lowest bit width a layer may get (bit widths are bwlb..8)", ge=1, le=MAX_BITS)
+    bwlb: int = setting(1, "lowest bit width a layer may get (bit widths are bwlb..bwub)", ge=1, le=MAX_BITS)
+    bwub: int = setting(MAX_BITS, "highest bit width a layer may get (the reference: 8)", ge=1, le=MAX_BITS)
     rho: float = setting(0.05, "ADMM penalty rho", gt=0)
     prox: bool = setting(False, "apply the ADMM term in closed form after each step instead of in the loss")
     projint: int = setting(0, "batches between sparse projections (0 = once per epoch, at its last batch)", ge=0)
@@ -116,6 +117,12 @@ class AdmmConfig(MethodConfig):
         if self.bwlb > math.floor(self.bit_budget):
             raise ValueError(
                 f"setting 'bwlb' is {self.bwlb} but must be <= the bit budget's whole bits "
+                f"{math.floor(self.bit_budget)} (setting 'bit_budget' {self.bit_budget:g}): every layer "
+                f"starts at floor(bit_budget) bits"
+            )
+        if self.bwub < math.floor(self.bit_budget):
+            raise ValueError(
+                f"setting 'bwub' is {self.bwub} but must be >= the bit budget's whole bits "
                 f"{math.floor(self.bit_budget)} (setting 'bit_budget' {self.bit_budget:g}): every layer "
                 f"starts at floor(bit_budget) bits"
             )

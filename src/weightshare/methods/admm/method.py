@@ -2,7 +2,7 @@
 
 The covered weights W (all conv / linear weights) must satisfy, at the end, a model-size budget
 ``sum_l b_l * nnz_l <= S`` with ``S = bit_budget * sum_l ceil(nnz_budget * n_l)`` bits, where each
-layer's non-zeros take at most 2^b_l distinct values and b_l is in {bwlb..8}; per-layer sparsity and
+layer's non-zeros take at most 2^b_l distinct values and b_l is in {bwlb..bwub}; per-layer sparsity and
 bit widths are learned. ADMM splits W (trained, sparse) from V (its quantized duplicate) with the
 scaled dual U (docs/methods.md#admm-algorithm, as the authors' ``train.py`` runs it):
 
@@ -204,7 +204,7 @@ class ADMM(Method):
     def _dual_update(self) -> None:
         c = self.config
         xs = {n: p.detach() + self.dual[n] for n, p in self.covered.items()}
-        self.bits, self.dup = quantization_projection(xs, self.nnz, self.budget, c.bwlb, c.kmeans_iter)
+        self.bits, self.dup = quantization_projection(xs, self.nnz, self.budget, c.bwlb, c.kmeans_iter, c.bwub)
         for n, p in self.covered.items():
             self.dual[n].add_(p.detach() - self.dup[n])
 

@@ -129,18 +129,25 @@ def _distortion(x: torch.Tensor, codebook: torch.Tensor) -> float:
 
 
 def quantization_projection(
-    xs: dict[str, torch.Tensor], nnz: dict[str, int], budget: float, bwlb: int, max_iter: int
+    xs: dict[str, torch.Tensor],
+    nnz: dict[str, int],
+    budget: float,
+    bwlb: int,
+    max_iter: int,
+    bwub: int = MAX_BITS,
 ) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
     """Yang's ``sparse_quantize``: bit widths b_l by the greedy MCKP on distortion vs ``b * nnz_l`` bits,
-    and the projection V_l = Q_{b_l}(X_l). Returns ``(bits, V)``.
+    and the projection V_l = Q_{b_l}(X_l), each b_l in ``bwlb..bwub``. Returns ``(bits, V)``.
 
     >>> xs = {"a": torch.tensor([0.0, 1.0, 1.1, 3.0]), "b": torch.tensor([0.5, -0.5, 0.0])}
     >>> quantization_projection(xs, {"a": 3, "b": 2}, budget=5, bwlb=1, max_iter=20)  # 1 bit each: 5 bits
     ({'a': 1, 'b': 1}, {'a': tensor([0.0000, 1.0500, 1.0500, 3.0000]), 'b': tensor([ 0.5000, -0.5000,  0.0000])})
     >>> quantization_projection(xs, {"a": 3, "b": 2}, budget=8, bwlb=1, max_iter=20)[0]  # a's 2nd bit is exact
     {'a': 2, 'b': 1}
+    >>> quantization_projection(xs, {"a": 3, "b": 2}, budget=100, bwlb=1, max_iter=20, bwub=1)[0]  # capped
+    {'a': 1, 'b': 1}
     """
-    choices = list(range(bwlb, MAX_BITS + 1))
+    choices = list(range(bwlb, bwub + 1))
     codebooks = {n: [zero_codebook(x, b, max_iter) for b in choices] for n, x in xs.items()}
     costs = [[float(b * nnz[n]) for b in choices] for n in xs]
     losses = [[_distortion(x, cb) for cb in codebooks[n]] for n, x in xs.items()]
