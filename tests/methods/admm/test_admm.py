@@ -1,5 +1,6 @@
 """The ADMM method (Yang et al. 2020): budget, projections, prox step, KD, fine-tuning, finish, resume, CLI."""
 
+import dataclasses
 import json
 
 import pytest
@@ -169,6 +170,18 @@ def test_finish_has_at_most_2_to_the_b_values_per_layer_and_keeps_the_budget(pre
     assert summary["target_values_only_cr"] == pytest.approx(32 * 17024 / admm.budget)
 
 
+def test_bwub_caps_every_layers_bits(pretrained_state, digits):
+    cfg = AdmmConfig(nnz_budget=0.05, bit_budget=3, prox=True)
+    assert max(ADMM(_pretrained(pretrained_state), cfg).bits.values()) == 7  # the knapsack's pick for net.4
+    model = _pretrained(pretrained_state)
+    admm = ADMM(model, dataclasses.replace(cfg, bwub=3))
+    assert max(admm.bits.values()) == 3
+    fit(model, _small(digits), _sgd(3), method=admm, batch_size=32, progress=False)
+    qmodel = admm.finalize(model)
+    assert max(admm.bits.values()) <= 3 and _levels_ok(admm, qmodel) <= admm.budget
+    assert all(len(qmodel.codebooks[qt.codebook]) <= 1 + 2**3 for qt in qmodel.quantized.values())
+
+
 def test_finetuning_fixes_mask_and_bits_and_trains_through_the_quantized_weights(pretrained_state, digits):
     model = _pretrained(pretrained_state)
     admm = ADMM(model, AdmmConfig(nnz_budget=0.1, bit_budget=3, prox=True, finetune_epochs=2, finetune_refresh=4))
@@ -286,6 +299,8 @@ def test_resume_equals_uninterrupted(pretrained_state, digits, resume_check, sto
         ({"bit_budget": 9.0}, "setting 'bit_budget' must be <= 8"),
         ({"bwlb": 0}, "setting 'bwlb' must be >= 1"),
         ({"bit_budget": 3.0, "bwlb": 4}, "setting 'bwlb' is 4 but must be <= the bit budget's whole bits 3"),
+        ({"bit_budget": 3.5, "bwub": 2}, "setting 'bwub' is 2 but must be >= the bit budget's whole bits 3"),
+        ({"bwub": 9}, "setting 'bwub' must be <= 8"),
         ({"projint": 2, "dualint": 3}, "setting 'dualint' \\(3\\) must be 0 or a multiple of 'projint' \\(2\\)"),
         ({"rho": 0.0}, "setting 'rho' must be > 0"),
     ],
