@@ -315,7 +315,14 @@ def test_presets_are_valid_and_lenet5_is_the_reference_recipe():
     for name in ADMM_PRESETS:
         assert AdmmConfig.preset(name).train.optimizer == "sgd", name
     lenet5 = ADMM_PRESETS["lenet5"]
-    assert lenet5["admm"] == {"nnz_budget": 0.0054, "bit_budget": 3.0, "rho": 0.05, "prox": True, "finetune_epochs": 20}
+    assert lenet5["admm"] == {
+        "nnz_budget": 0.0054,
+        "bit_budget": 3.0,
+        "bwub": 4,  # not the reference's 8: capped bits leave budget for conv2's non-zeros
+        "rho": 0.05,
+        "prox": True,
+        "finetune_epochs": 20,
+    }
     keys = ("lr", "momentum", "weight_decay", "warmup_epochs", "epochs", "grad_clip")
     assert {k: lenet5["train"][k] for k in keys} == {
         "lr": 0.1,
