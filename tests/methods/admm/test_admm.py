@@ -182,6 +182,14 @@ def test_bwub_caps_every_layers_bits(pretrained_state, digits):
     assert all(len(qmodel.codebooks[qt.codebook]) <= 1 + 2**3 for qt in qmodel.quantized.values())
 
 
+def test_a_cap_under_the_bit_budget_starts_every_layer_at_the_cap(pretrained_state):
+    model = _pretrained(pretrained_state)
+    admm = ADMM(model, AdmmConfig(nnz_budget=0.07, bit_budget=5, prox=True, bwub=3))
+    kept = sum(int((p != 0).sum()) for p in _weights(model).values())
+    assert kept == 574 + 574 + 45  # the start keeps exactly the budget's non-zeros, at 3 bits instead of 5
+    assert admm.budget == 5 * kept and max(admm.bits.values()) <= 3 and _size_bits(admm) <= admm.budget
+
+
 def test_finetuning_fixes_mask_and_bits_and_trains_through_the_quantized_weights(pretrained_state, digits):
     model = _pretrained(pretrained_state)
     admm = ADMM(model, AdmmConfig(nnz_budget=0.1, bit_budget=3, prox=True, finetune_epochs=2, finetune_refresh=4))
@@ -299,7 +307,7 @@ def test_resume_equals_uninterrupted(pretrained_state, digits, resume_check, sto
         ({"bit_budget": 9.0}, "setting 'bit_budget' must be <= 8"),
         ({"bwlb": 0}, "setting 'bwlb' must be >= 1"),
         ({"bit_budget": 3.0, "bwlb": 4}, "setting 'bwlb' is 4 but must be <= the bit budget's whole bits 3"),
-        ({"bit_budget": 3.5, "bwub": 2}, "setting 'bwub' is 2 but must be >= the bit budget's whole bits 3"),
+        ({"bwlb": 2, "bwub": 1}, "setting 'bwub' is 1 but must be >= setting 'bwlb' \\(2\\)"),
         ({"bwub": 9}, "setting 'bwub' must be <= 8"),
         ({"projint": 2, "dualint": 3}, "setting 'dualint' \\(3\\) must be 0 or a multiple of 'projint' \\(2\\)"),
         ({"rho": 0.0}, "setting 'rho' must be > 0"),

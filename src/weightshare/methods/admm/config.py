@@ -126,16 +126,14 @@ class AdmmConfig(MethodConfig):
     train: TrainConfig = section(TrainConfig, bounds=AT_LEAST_ONE_EPOCH)  # the projections happen while training
 
     def check(self) -> None:
-        whole = math.floor(self.bit_budget)
-        for name, value, bad, relation in (
-            ("bwlb", self.bwlb, self.bwlb > whole, "<="),
-            ("bwub", self.bwub, self.bwub < whole, ">="),
-        ):
-            if bad:
-                raise ValueError(
-                    f"setting '{name}' is {value} but must be {relation} the bit budget's whole bits {whole} "
-                    f"(setting 'bit_budget' {self.bit_budget:g}): every layer starts at floor(bit_budget) bits"
-                )
+        if self.bwlb > math.floor(self.bit_budget):
+            raise ValueError(
+                f"setting 'bwlb' is {self.bwlb} but must be <= the bit budget's whole bits "
+                f"{math.floor(self.bit_budget)} (setting 'bit_budget' {self.bit_budget:g}): every layer "
+                f"starts at floor(bit_budget) bits"
+            )
+        if self.bwub < self.bwlb:
+            raise ValueError(f"setting 'bwub' is {self.bwub} but must be >= setting 'bwlb' ({self.bwlb})")
         if self.dualint and (self.projint == 0 or self.dualint % self.projint):
             raise ValueError(
                 f"setting 'dualint' ({self.dualint}) must be 0 or a multiple of 'projint' "

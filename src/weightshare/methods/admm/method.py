@@ -178,7 +178,8 @@ class ADMM(Method):
         self.covered = self.coverage.covered
         numels = [p.numel() for p in self.covered.values()]
         self.budget = model_size_budget(numels, c.nnz_budget, c.bit_budget)
-        self.bits = {n: math.floor(c.bit_budget) for n in self.covered}
+        start_bits = min(math.floor(c.bit_budget), c.bwub)  # the reference's floor(bit_budget), under the cap
+        self.bits = {n: start_bits for n in self.covered}
         self.nnz = {n: p.numel() for n, p in self.covered.items()}
         self.dup = {n: p.detach().clone() for n, p in self.covered.items()}  # V
         self.dual = {n: torch.zeros_like(p.detach()) for n, p in self.covered.items()}  # U
@@ -187,8 +188,9 @@ class ADMM(Method):
         self.total_epochs: int | None = None
         self._batch, self._done_at_batch = 0, (False, False)
         # Start from the pretrained model as train.py does with --pretrain (after its first batch): the first
-        # sparse projection uses floor(bit_budget) bits everywhere (its model_size_lb), then V, U are set.
-        self._sparse_projection(model_size_budget(numels, c.nnz_budget, math.floor(c.bit_budget)))
+        # sparse projection uses floor(bit_budget) bits everywhere (its model_size_lb; at most bwub here), so it
+        # keeps exactly the budget's sum_l ceil(nnz_budget * n_l) weights; then V, U are set.
+        self._sparse_projection(model_size_budget(numels, c.nnz_budget, start_bits))
         self._dual_update()
 
     # --- the two projections --------------------------------------------------------------------------------------
