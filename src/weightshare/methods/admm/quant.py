@@ -44,10 +44,7 @@ def zero_codebook(x: torch.Tensor, bits: int, max_iter: int = 100) -> torch.Tens
     >>> zero_codebook(torch.tensor([0.0, 1e-6, 1.0, 1.2, -2.0]), 1)
     tensor([ 0.0000, -2.0000,  1.1000])
     """
-    values = _nonzeros(x)
-    if values.numel() == 0:
-        return x.new_zeros(1)
-    return kmeans1d(values, 2**bits, init="linear", max_iter=max_iter, fixed_zero=True).centroids
+    return _fresh_codebook(_nonzeros(x), x, bits, max_iter, fixed_zero=True)
 
 
 def refine_codebook(x: torch.Tensor, codebook: torch.Tensor, max_iter: int) -> torch.Tensor:
@@ -56,10 +53,7 @@ def refine_codebook(x: torch.Tensor, codebook: torch.Tensor, max_iter: int) -> t
     >>> refine_codebook(torch.tensor([0.0, 1.0, 1.2, -2.0]), torch.tensor([0.0, -1.0, 1.0]), 5)
     tensor([ 0.0000, -2.0000,  1.1000])
     """
-    values = _nonzeros(x)
-    if values.numel() == 0 or codebook.numel() < 2:
-        return codebook
-    return kmeans1d(values, codebook.numel() - 1, init=codebook[1:], max_iter=max_iter, fixed_zero=True).centroids
+    return _refined_codebook(_nonzeros(x), codebook, max_iter, fixed_zero=True)
 
 
 def _nonzeros(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +80,7 @@ def masked_codebook(x: torch.Tensor, mask: torch.Tensor, bits: int, max_iter: in
     >>> masked_codebook(torch.tensor([0.0, 0.01, 1.0, -2.0]), torch.tensor([False, True, True, True]), 1)
     tensor([ 0.0000, -2.0000,  0.5050])
     """
-    return _masked_kmeans(x, mask, 2**bits, "linear", max_iter)
+    return _fresh_codebook(x.detach()[mask], x, bits, max_iter, fixed_zero=False)
 
 
 def refine_masked_codebook(x: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, max_iter: int) -> torch.Tensor:
@@ -96,19 +90,28 @@ def refine_masked_codebook(x: torch.Tensor, mask: torch.Tensor, codebook: torch.
     >>> refine_masked_codebook(torch.tensor([0.01, 1.0, -2.0]), m, torch.tensor([0.0, -1.0, 1.0]), 5)
     tensor([ 0.0000, -2.0000,  0.5050])
     """
-    if codebook.numel() < 2:
-        return codebook
-    return _masked_kmeans(x, mask, codebook.numel() - 1, codebook[1:], max_iter)
+    return _refined_codebook(x.detach()[mask], codebook, max_iter, fixed_zero=False)
 
 
-def _masked_kmeans(
-    x: torch.Tensor, mask: torch.Tensor, k: int, init: str | torch.Tensor, max_iter: int
+# The four codebook functions above differ only in the values clustered and in whether the 0 is a centre
+# k-means assigns to (fixed_zero, the reference) or only the level of the weights outside the mask.
+def _fresh_codebook(
+    values: torch.Tensor, like: torch.Tensor, bits: int, max_iter: int, *, fixed_zero: bool
 ) -> torch.Tensor:
-    values = x.detach()[mask]
     if values.numel() == 0:
-        return x.new_zeros(1)
-    centres = kmeans1d(values, k, init=init, max_iter=max_iter).centroids
-    return torch.cat([x.new_zeros(1), centres])
+        return like.new_zeros(1)
+    return _with_zero(values, 2**bits, "linear", max_iter, fixed_zero)
+
+
+def _refined_codebook(values: torch.Tensor, codebook: torch.Tensor, max_iter: int, *, fixed_zero: bool) -> torch.Tensor:
+    if values.numel() == 0 or codebook.numel() < 2:
+        return codebook
+    return _with_zero(values, codebook.numel() - 1, codebook[1:], max_iter, fixed_zero)
+
+
+def _with_zero(values: torch.Tensor, k: int, init: str | torch.Tensor, max_iter: int, fixed_zero: bool) -> torch.Tensor:
+    centroids = kmeans1d(values, k, init=init, max_iter=max_iter, fixed_zero=fixed_zero).centroids
+    return centroids if fixed_zero else torch.cat([centroids.new_zeros(1), centroids])
 
 
 def masked_quantize(x: torch.Tensor, codebook: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
