@@ -341,7 +341,7 @@ def test_presets_are_valid_and_lenet5_is_the_reference_recipe():
         "grad_clip": 2.0,  # shifted batches at SGD 0.1 diverge without it
     }
     assert lenet5["data"] == {"shift": 2}  # shifted digits, whatever the pretrain used
-    assert lenet5["finish"] == {"dense_param_bits": 4, "float16": True}
+    assert lenet5["finish"] == {"remove_dead": True, "dense_param_bits": 4, "float16": True}
     numels = [500, 25000, 400000, 5000]  # LeNet-5-Caffe: 1975x values-only target (docs/methods.md#admm-presets)
     assert 32 * sum(numels) / model_size_budget(numels, 0.0054, 3) == pytest.approx(1975, rel=0.01)
 
