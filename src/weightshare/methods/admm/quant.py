@@ -44,7 +44,7 @@ def zero_codebook(x: torch.Tensor, bits: int, max_iter: int = 100) -> torch.Tens
     >>> zero_codebook(torch.tensor([0.0, 1e-6, 1.0, 1.2, -2.0]), 1)
     tensor([ 0.0000, -2.0000,  1.1000])
     """
-    return _fresh_codebook(_nonzeros(x), x, bits, max_iter, fixed_zero=True)
+    return _fresh_codebook(_nonzeros(x), bits, max_iter, fixed_zero=True)
 
 
 def refine_codebook(x: torch.Tensor, codebook: torch.Tensor, max_iter: int) -> torch.Tensor:
@@ -80,7 +80,7 @@ def masked_codebook(x: torch.Tensor, mask: torch.Tensor, bits: int, max_iter: in
     >>> masked_codebook(torch.tensor([0.0, 0.01, 1.0, -2.0]), torch.tensor([False, True, True, True]), 1)
     tensor([ 0.0000, -2.0000,  0.5050])
     """
-    return _fresh_codebook(x.detach()[mask], x, bits, max_iter, fixed_zero=False)
+    return _fresh_codebook(x.detach()[mask], bits, max_iter, fixed_zero=False)
 
 
 def refine_masked_codebook(x: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor, max_iter: int) -> torch.Tensor:
@@ -95,11 +95,9 @@ def refine_masked_codebook(x: torch.Tensor, mask: torch.Tensor, codebook: torch.
 
 # The four codebook functions above differ only in the values clustered and in whether the 0 is a centre
 # k-means assigns to (fixed_zero, the reference) or only the level of the weights outside the mask.
-def _fresh_codebook(
-    values: torch.Tensor, like: torch.Tensor, bits: int, max_iter: int, *, fixed_zero: bool
-) -> torch.Tensor:
+def _fresh_codebook(values: torch.Tensor, bits: int, max_iter: int, *, fixed_zero: bool) -> torch.Tensor:
     if values.numel() == 0:
-        return like.new_zeros(1)
+        return values.new_zeros(1)
     return _with_zero(values, 2**bits, "linear", max_iter, fixed_zero)
 
 
