@@ -56,8 +56,8 @@ ADMM_PRESETS: dict[str, Preset] = {
     # keeps 337-415 of them: three seeds' validation error fell from 1.16-1.42% (median 1.18%) to 1.08-1.16%
     # (median 1.14%), the test error from 0.92-1.05% to 0.76-0.93%, and the files from ~3.8 kB to 2.8-3.2 kB
     # (codebooks of at most 16 float16 values instead of ~100). The dead-weight removal is lossless (the same
-    # errors): it drops the 170-179 fc1 weights that feed units no fc2 weight reads, so the
-    # three seeds keep 0.56-0.61% of the weights instead of 0.60-0.65%, in 2.5-2.8 kB instead of 2.8-3.2 kB.
+    # errors): it drops the 170-179 fc1 weights that feed units no fc2 weight reads, so the three seeds keep
+    # 0.56-0.61% of the weights instead of 0.60-0.65%, in 2.5-2.8 kB instead of 2.8-3.2 kB.
     "lenet5": {
         "finish": {"remove_dead": True, "dense_param_bits": 4, "float16": True},
         "data": {"shift": 2},
